@@ -1,0 +1,38 @@
+"""exactformer: compile a dataset of sequences into a transformer that reproduces it exactly.
+
+    >>> import exactformer as ef
+    >>> ds = ef.load_dataset("data.npz")
+    >>> model = ef.compile(ds)            # hardmax, strict, float64, verified
+    >>> ef.verify(model, ds).passed
+    True
+
+See DESIGN.md for the architecture (§1), the files (§2), what "exact" means (§3) and the
+construction (§4-§5).
+"""
+
+from .dataset import Dataset, load_dataset, save_dataset
+from .errors import (
+    CompileError,
+    DatasetError,
+    ExactformerError,
+    InfeasibleError,
+    ModelFileError,
+)
+from .model import Block, FeedForward, SelfAttention, Transformer
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "Block",
+    "CompileError",
+    "Dataset",
+    "DatasetError",
+    "ExactformerError",
+    "FeedForward",
+    "InfeasibleError",
+    "ModelFileError",
+    "SelfAttention",
+    "Transformer",
+    "load_dataset",
+    "save_dataset",
+]

@@ -1,0 +1,1 @@
+"""Core commands: compile, verify, info, run, demo (filled in with the compiler)."""

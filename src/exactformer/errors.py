@@ -1,0 +1,21 @@
+"""Errors with a one-line message meant for the user (the CLI prints them and exits 2)."""
+
+
+class ExactformerError(Exception):
+    """Base class: bad input that the user can fix. ``str(err)`` is one line."""
+
+
+class DatasetError(ExactformerError):
+    """A dataset file or array that breaks DESIGN.md §2 (format) or §3 (basic rules)."""
+
+
+class InfeasibleError(DatasetError):
+    """A dataset that no permutation-equivariant model can fit (DESIGN.md §3, rules i and ii)."""
+
+
+class ModelFileError(ExactformerError):
+    """A model file that is missing, corrupt or foreign (DESIGN.md §2)."""
+
+
+class CompileError(ExactformerError):
+    """The construction could not be completed (e.g. no generic draw passed its checks)."""

@@ -1,0 +1,415 @@
+"""The transformer of DESIGN.md §1 in plain numpy: feed-forward + self-attention blocks.
+
+Readable in one file (in the spirit of nanoGPT): the layers, the forward pass on one
+sequence or on many at once, and the ``.safetensors`` format of DESIGN.md §2.
+
+Weights are float64 arrays, or object arrays of Fractions for models built in exact mode
+(then the forward pass is exact rational arithmetic and the file also carries the
+rationals, see :meth:`Transformer.save`).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field, replace
+from fractions import Fraction
+from pathlib import Path
+
+import numpy as np
+
+from . import numeric as nm
+from .dataset import write_atomic
+from .errors import ModelFileError
+
+FORMAT = "exactformer/1"
+ATTENTIONS = ("hardmax", "softmax")
+
+
+@dataclass
+class FeedForward:
+    """``x ↦ η·x + W·relu(U·x + b)`` per token (U: w×d, b: w, W: d×w)."""
+
+    U: np.ndarray
+    b: np.ndarray
+    W: np.ndarray
+    eta: object = 1.0
+
+    @property
+    def width(self) -> int:
+        return int(self.U.shape[0])
+
+    def pre_activations(self, X: np.ndarray) -> np.ndarray:
+        return X @ self.U.T + self.b
+
+    def __call__(self, X: np.ndarray) -> np.ndarray:
+        return self.eta * X + nm.relu(self.pre_activations(X)) @ self.W.T
+
+    def tensors(self) -> dict[str, np.ndarray]:
+        return {"eta": np.asarray(self.eta), "U": self.U, "b": self.b, "W": self.W}
+
+
+@dataclass
+class SelfAttention:
+    """``x_i ↦ ρ·x_i + Σ_j P_ij V x_j`` with scores ``⟨Q x_i, K x_j⟩`` (Q, K: h×d).
+
+    ``V`` is either given whole or as the factor pair ``Vo @ Vi`` (rank-r value map).
+    ``h = 0`` means all scores are 0, i.e. uniform attention in both modes.
+    """
+
+    Q: np.ndarray
+    K: np.ndarray
+    V: np.ndarray | None = None
+    Vo: np.ndarray | None = None
+    Vi: np.ndarray | None = None
+    rho: object = 1.0
+
+    @property
+    def rank(self) -> int:
+        return int(self.Q.shape[0])
+
+    @property
+    def uniform(self) -> bool:
+        return self.rank == 0
+
+    def values(self, X: np.ndarray) -> np.ndarray:
+        """``V x_j`` for every token (row-wise)."""
+        if self.V is not None:
+            return X @ self.V.T
+        return (X @ self.Vi.T) @ self.Vo.T
+
+    def value_matrix(self) -> np.ndarray:
+        return self.V if self.V is not None else self.Vo @ self.Vi
+
+    def tensors(self) -> dict[str, np.ndarray]:
+        t = {"rho": np.asarray(self.rho), "Q": self.Q, "K": self.K}
+        if self.V is not None:
+            t["V"] = self.V
+        else:
+            t["Vo"], t["Vi"] = self.Vo, self.Vi
+        return t
+
+    def __call__(self, X, segments, attention="hardmax", temperature=1.0, stats=None):
+        """Apply to concatenated sequences; ``segments`` are the sequences' start offsets + end."""
+        VX = self.values(X)
+        exact = nm.is_exact(X)
+        out = self.rho * X
+        if self.uniform:
+            counts = np.diff(segments)
+            sums = np.add.reduceat(VX, segments[:-1], axis=0) if len(VX) else VX
+            means = sums * nm.reciprocal_counts(counts, exact)[:, None]
+            return out + np.repeat(means, counts, axis=0)
+        QX, KX = X @ self.Q.T, X @ self.K.T
+        mixed = nm.zeros(X.shape, exact)
+        for idx in _length_buckets(segments):
+            q, k, v = QX[idx], KX[idx], VX[idx]  # (B, n, ·)
+            scores = q @ np.swapaxes(k, 1, 2)  # (B, n, n)
+            if attention == "hardmax":
+                top = scores.max(axis=2, keepdims=True)
+                mask = scores == top
+                P = mask * nm.reciprocal_counts(mask.sum(axis=2, keepdims=True), exact)
+            else:
+                if exact:
+                    raise ValueError("softmax attention has no exact rational forward pass")
+                z = scores / temperature
+                z = np.exp(z - z.max(axis=2, keepdims=True))
+                P = z / z.sum(axis=2, keepdims=True)
+                mask = P >= P.max(axis=2, keepdims=True)
+            mixed[idx] = P @ v
+            if stats is not None:
+                _record_margins(stats, scores, mask, v, P if attention == "softmax" else None)
+        return out + mixed
+
+
+def _length_buckets(segments: np.ndarray, max_entries: int = 2_000_000):
+    """Index arrays ``(B, n)`` grouping sequences of equal length, in chunks of bounded size."""
+    starts, lengths = segments[:-1], np.diff(segments)
+    for n in np.unique(lengths):
+        chosen = starts[lengths == n]
+        step = max(1, max_entries // max(1, n * n))
+        for c in range(0, len(chosen), step):
+            s = chosen[c : c + step]
+            yield s[:, None] + np.arange(n)[None, :]
+
+
+def _record_margins(stats, scores, mask, values, P) -> None:
+    """Smallest relative score margin between a token's argmax set and the distinct tokens.
+
+    DESIGN.md §3: margins are measured between points meant to be distinct, so tokens whose
+    value equals (to 1e-9 relative) the mean value of the argmax set are left out.
+    """
+    s = nm.to_float(scores)
+    v = nm.to_float(values)
+    m = mask
+    count = m.sum(axis=2, keepdims=True)
+    target = (m[..., None] * v[:, None, :, :]).sum(axis=2) / count  # (B, n, dv)
+    scale_v = max(float(np.max(np.abs(v))) if v.size else 0.0, 1e-300)
+    dist = np.max(np.abs(v[:, None, :, :] - target[:, :, None, :]), axis=3)  # (B, n, n)
+    distinct = dist > 1e-9 * scale_v
+    scale_s = np.max(np.abs(s), axis=2)
+    top = s.max(axis=2)
+    rival = np.where(distinct, s, -np.inf).max(axis=2)
+    ok = np.isfinite(rival) & (scale_s > 0)
+    if np.any(ok):
+        margin = float(np.min((top[ok] - rival[ok]) / scale_s[ok]))
+        stats["margin"] = min(stats.get("margin", np.inf), margin)
+    if P is not None:
+        leak = float(np.max(np.where(distinct, P, 0.0).sum(axis=2))) if P.size else 0.0
+        stats["leak"] = max(stats.get("leak", 0.0), leak)
+
+
+@dataclass
+class Block:
+    """One block: a feed-forward layer then a self-attention layer (either may be identity)."""
+
+    ff: FeedForward | None = None
+    sa: SelfAttention | None = None
+    kind: str = ""  # what the block does in the construction (for `info` and the figures)
+
+
+@dataclass
+class Transformer:
+    """A list of blocks with one attention mode (hardmax or softmax with temperature τ)."""
+
+    blocks: list[Block]
+    d: int
+    attention: str = "hardmax"
+    temperature: float = 1.0
+    info: dict = field(default_factory=dict)
+
+    # -- structure -------------------------------------------------------------------------
+    @property
+    def n_blocks(self) -> int:
+        return len(self.blocks)
+
+    @property
+    def exact(self) -> bool:
+        """True when the weights are rationals (built in exact mode)."""
+        for blk in self.blocks:
+            for layer in (blk.ff, blk.sa):
+                if layer is not None:
+                    return any(nm.is_exact(np.asarray(t)) for t in layer.tensors().values()
+                               if np.asarray(t).size)
+        return False
+
+    @property
+    def width(self) -> int:
+        return max((b.ff.width for b in self.blocks if b.ff is not None), default=0)
+
+    @property
+    def rank(self) -> int:
+        return max((b.sa.rank for b in self.blocks if b.sa is not None), default=0)
+
+    @property
+    def n_params(self) -> int:
+        return sum(int(np.asarray(t).size) for _, t in self.named_tensors())
+
+    def __repr__(self) -> str:
+        kinds: dict[str, int] = {}
+        for b in self.blocks:
+            kinds[b.kind or "block"] = kinds.get(b.kind or "block", 0) + 1
+        summary = ", ".join(f"{k}×{v}" for k, v in kinds.items())
+        tau = f", τ={self.temperature:.4g}" if self.attention == "softmax" else ""
+        return (
+            f"Transformer({self.attention}{tau}, d={self.d}, blocks={self.n_blocks}, "
+            f"width={self.width}, rank={self.rank}, params={self.n_params}"
+            f"{', exact' if self.exact else ''}; {summary})"
+        )
+
+    # -- forward ---------------------------------------------------------------------------
+    def __call__(self, X) -> np.ndarray:
+        """Outputs for one ``(n, d)`` sequence (exact if the model or X is rational)."""
+        return self.run([X])[0]
+
+    def run(self, sequences, stats: list | None = None, trace: list | None = None):
+        """Outputs for many sequences at once (concatenated internally, same arithmetic).
+
+        ``stats`` (a list) receives one dict per attention layer with its score margin;
+        ``trace`` (a list) receives the concatenated token states after every layer.
+        """
+        exact = self.exact or any(nm.is_exact(np.asarray(x)) for x in sequences)
+        xs = [nm.to_exact(x) if exact else np.asarray(x, dtype=np.float64) for x in sequences]
+        for j, x in enumerate(xs):
+            if x.ndim != 2 or x.shape[1] != self.d:
+                raise ValueError(f"sequence {j}: expected shape (n, {self.d}), got {x.shape}")
+        lengths = np.array([len(x) for x in xs], dtype=np.int64)
+        segments = np.concatenate([[0], np.cumsum(lengths)])
+        X = np.concatenate(xs) if xs else nm.zeros((0, self.d), exact)
+        model = self.as_exact() if exact and not self.exact else self
+        if trace is not None:
+            trace.append(("input", X.copy()))
+        for l, blk in enumerate(model.blocks):
+            if blk.ff is not None:
+                X = blk.ff(X)
+                if trace is not None:
+                    trace.append((f"block {l} ff", X.copy()))
+            if blk.sa is not None:
+                st = {"block": l} if stats is not None else None
+                X = blk.sa(X, segments, self.attention, self.temperature, st)
+                if stats is not None and not blk.sa.uniform:
+                    stats.append(st)
+                if trace is not None:
+                    trace.append((f"block {l} sa", X.copy()))
+        return np.split(X, segments[1:-1])
+
+    # -- conversion --------------------------------------------------------------------------
+    def _map(self, f) -> Transformer:
+        blocks = []
+        for b in self.blocks:
+            ff = sa = None
+            if b.ff is not None:
+                ff = FeedForward(f(b.ff.U), f(b.ff.b), f(b.ff.W), f(np.array(b.ff.eta))[()])
+            if b.sa is not None:
+                s = b.sa
+                sa = SelfAttention(
+                    f(s.Q), f(s.K),
+                    None if s.V is None else f(s.V),
+                    None if s.Vo is None else f(s.Vo),
+                    None if s.Vi is None else f(s.Vi),
+                    f(np.array(s.rho))[()],
+                )
+            blocks.append(Block(ff, sa, b.kind))
+        return replace(self, blocks=blocks, info=dict(self.info))
+
+    def as_float(self) -> Transformer:
+        return self._map(nm.to_float)
+
+    def as_exact(self) -> Transformer:
+        return self._map(nm.to_exact)
+
+    # -- files (DESIGN.md §2) ------------------------------------------------------------------
+    def named_tensors(self):
+        for l, b in enumerate(self.blocks):
+            for prefix, layer in (("ff", b.ff), ("sa", b.sa)):
+                if layer is not None:
+                    for name, t in layer.tensors().items():
+                        yield f"blocks.{l}.{prefix}.{name}", t
+
+    def save(self, path) -> None:
+        """Write ``.safetensors`` atomically (temp file + rename).
+
+        Exact models also store their rational weights in the metadata key ``rational``
+        (tensor name → list of ``"p/q"``), so that loading gives back the proven model.
+        """
+        from safetensors.numpy import save_file
+
+        tensors, rational = {}, {}
+        for name, t in self.named_tensors():
+            t = np.asarray(t)
+            tensors[name] = nm.to_float(t).copy(order="C")
+            if nm.is_exact(t):
+                rational[name] = [str(Fraction(v)) for v in t.ravel()]
+        meta = {
+            "format": FORMAT,
+            "attention": self.attention,
+            "temperature": repr(float(self.temperature)),
+            "d": str(self.d),
+            "n_blocks": str(self.n_blocks),
+            "block_kinds": json.dumps([b.kind for b in self.blocks]),
+            "info": json.dumps(self.info, default=str),
+        }
+        if rational:
+            meta["rational"] = json.dumps(rational)
+        write_atomic(path, lambda tmp: save_file(tensors, tmp, metadata=meta))
+
+    @classmethod
+    def load(cls, path) -> Transformer:
+        """Read and check a model file; every problem is one :class:`ModelFileError` line."""
+        return _load(Path(path))
+
+
+def _load(path: Path) -> Transformer:
+    from safetensors import SafetensorError, safe_open
+
+    if not path.exists():
+        raise ModelFileError(f"{path}: no such file")
+    try:
+        with safe_open(str(path), framework="numpy") as fh:
+            meta = fh.metadata() or {}
+            tensors = {k: fh.get_tensor(k) for k in fh.keys()}
+    except (SafetensorError, OSError, ValueError, TypeError) as exc:
+        raise ModelFileError(f"{path}: not a readable .safetensors file ({exc})") from None
+    if meta.get("format") != FORMAT:
+        raise ModelFileError(
+            f"{path}: unknown format {meta.get('format')!r} (expected {FORMAT!r})"
+        )
+    attention = meta.get("attention")
+    if attention not in ATTENTIONS:
+        raise ModelFileError(f"{path}: attention must be hardmax or softmax, got {attention!r}")
+    try:
+        d = int(meta["d"])
+        n_blocks = int(meta["n_blocks"])
+        temperature = float(meta.get("temperature", "1.0"))
+    except (KeyError, ValueError) as exc:
+        raise ModelFileError(f"{path}: bad or missing metadata ({exc})") from None
+    if d < 1 or n_blocks < 0:
+        raise ModelFileError(f"{path}: metadata d = {d}, n_blocks = {n_blocks} are not valid")
+    if attention == "softmax" and not (np.isfinite(temperature) and temperature > 0):
+        raise ModelFileError(f"{path}: softmax temperature must be positive, got {temperature}")
+    try:
+        kinds = json.loads(meta.get("block_kinds", "[]"))
+        info = json.loads(meta.get("info", "{}"))
+        rational = json.loads(meta.get("rational", "{}"))
+    except json.JSONDecodeError as exc:
+        raise ModelFileError(f"{path}: corrupt metadata ({exc})") from None
+    if not isinstance(kinds, list) or len(kinds) != n_blocks:
+        kinds = [""] * n_blocks
+    known = set()
+
+    def get(name, shape):
+        known.add(name)
+        if name not in tensors:
+            raise ModelFileError(f"{path}: missing tensor {name}")
+        t = tensors[name]
+        if t.dtype != np.float64:
+            raise ModelFileError(f"{path}: tensor {name} has dtype {t.dtype}, expected float64")
+        if tuple(t.shape) != tuple(shape):
+            raise ModelFileError(f"{path}: tensor {name} has shape {tuple(t.shape)}, "
+                                 f"expected {tuple(shape)}")
+        if not np.all(np.isfinite(t)):
+            raise ModelFileError(f"{path}: tensor {name} has non-finite values")
+        if name in rational:
+            try:
+                vals = [Fraction(s) for s in rational[name]]
+                exact = np.array(vals, dtype=object).reshape(t.shape)
+            except (ValueError, ZeroDivisionError, TypeError):
+                raise ModelFileError(f"{path}: corrupt rational weights for {name}") from None
+            if not np.array_equal(nm.to_float(exact), t):
+                raise ModelFileError(f"{path}: rational weights of {name} disagree with the tensor")
+            return exact if exact.shape else exact[()]
+        return t if t.shape else t[()]
+
+    def shape_of(name):
+        return tensors[name].shape if name in tensors else None
+
+    blocks = []
+    for l in range(n_blocks):
+        p = f"blocks.{l}."
+        ff = sa = None
+        if any(k.startswith(p + "ff.") for k in tensors):
+            ushape = shape_of(p + "ff.U")
+            w = ushape[0] if ushape is not None and len(ushape) == 2 else -1
+            if w < 0:
+                raise ModelFileError(f"{path}: tensor {p}ff.U missing or not 2-D")
+            ff = FeedForward(get(p + "ff.U", (w, d)), get(p + "ff.b", (w,)),
+                             get(p + "ff.W", (d, w)), get(p + "ff.eta", ()))
+        if any(k.startswith(p + "sa.") for k in tensors):
+            qshape = shape_of(p + "sa.Q")
+            h = qshape[0] if qshape is not None and len(qshape) == 2 else -1
+            if h < 0:
+                raise ModelFileError(f"{path}: tensor {p}sa.Q missing or not 2-D")
+            Q, K = get(p + "sa.Q", (h, d)), get(p + "sa.K", (h, d))
+            rho = get(p + "sa.rho", ())
+            if p + "sa.V" in tensors:
+                sa = SelfAttention(Q, K, V=get(p + "sa.V", (d, d)), rho=rho)
+            else:
+                vo = shape_of(p + "sa.Vo")
+                r = vo[1] if vo is not None and len(vo) == 2 else -1
+                if r < 0:
+                    raise ModelFileError(f"{path}: block {l} has neither sa.V nor sa.Vo/sa.Vi")
+                sa = SelfAttention(Q, K, Vo=get(p + "sa.Vo", (d, r)), Vi=get(p + "sa.Vi", (r, d)),
+                                   rho=rho)
+        blocks.append(Block(ff, sa, str(kinds[l])))
+    extra = sorted(set(tensors) - known)
+    if extra:
+        raise ModelFileError(f"{path}: unexpected tensor {extra[0]} (not part of {FORMAT})")
+    return Transformer(blocks, d, attention, temperature, info if isinstance(info, dict) else {})
