@@ -18,7 +18,9 @@ from .errors import (
     InfeasibleError,
     ModelFileError,
 )
+from .compiler import compile
 from .model import Block, FeedForward, SelfAttention, Transformer
+from .verify import Report, verify
 
 __version__ = "0.1.0"
 
@@ -31,8 +33,11 @@ __all__ = [
     "FeedForward",
     "InfeasibleError",
     "ModelFileError",
+    "Report",
     "SelfAttention",
     "Transformer",
+    "compile",
     "load_dataset",
     "save_dataset",
+    "verify",
 ]

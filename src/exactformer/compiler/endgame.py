@@ -1,0 +1,134 @@
+"""Pass 5 — project onto a line and snap every cluster onto its target (DESIGN.md §4 step 4).
+
+After the collapse every token is a copy of its destination. A width-1 layer maps them onto
+the line spanned by ``w``, just above the targets; then, from the highest cluster down,
+one-sided ReLU layers send the whole half-line above a threshold onto a target. Lower
+points (other clusters, finished outputs) have every ReLU exactly 0, so finished outputs
+are never disturbed. Compact mode puts many clusters in one layer, split by an error budget.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from fractions import Fraction
+
+import numpy as np
+
+from .. import numeric as nm
+from ..craft import feed_forward, line_projection, snap
+from ..errors import CompileError
+from .geometry import generic_unit
+from .leaders import Destinations
+from .state import ModelBuilder
+
+EPS = float(np.finfo(np.float64).eps)
+SNAP_BUDGET = 1e-11  # compact mode: estimated relative rounding per snap layer (×10 safety)
+
+
+@dataclass
+class Line:
+    """``λ(x) = α⟨v,x⟩ + β`` and the line direction ``w`` (DESIGN.md §4 step 4)."""
+
+    v: np.ndarray
+    w: np.ndarray
+    alpha: object
+    beta: object
+    folded: bool  # projection folded into the collapse (then β = 0)
+
+
+def plan_line(dest: Destinations, targets: np.ndarray, scale: float, exact: bool, rng,
+              fold: bool) -> Line:
+    """Direction, scale and offset of the line; its points lie just above the targets.
+
+    ``v = Aᵀ(cos φ, sin φ)`` with φ = -2·atan(1/5) ≈ -22.6° ∈ (-π/4, 0): the line coordinate
+    is monotone along the main ray and along the satellite arc, so destinations stay spread.
+    """
+    t0 = Fraction(1, 5) if exact else 0.2
+    direction = nm.asarray([(1 - t0 * t0) / (1 + t0 * t0), -2 * t0 / (1 + t0 * t0)], exact)
+    v = dest.A.T @ direction
+    sigma = dest.pi @ direction
+    w = generic_unit(rng, dest.A.shape[1], exact)
+    top = max(max(targets @ w), 0)
+    sc = nm.like(scale, exact)
+    if exact:
+        sc = Fraction(sc).limit_denominator(1 << 20) + 1
+    lo, hi = min(sigma), max(sigma)
+    if fold:  # main ray only: every σ > 0, λ = α σ with β = 0
+        alpha = (top + sc) / lo
+        return Line(v, w, alpha, nm.like(0, exact), True)
+    span = 2 * sc
+    spacing = span / max(len(sigma), 1)
+    alpha = span / (hi - lo) if hi != lo else nm.like(0, exact)
+    beta = top + spacing - alpha * lo
+    return Line(v, w, alpha, beta, False)
+
+
+def project(builder: ModelBuilder, line: Line) -> None:
+    builder.add_ff(line_projection(line.v, line.alpha, line.beta, line.w), "projection")
+
+
+@dataclass
+class Cluster:
+    low: object
+    high: object
+    target: np.ndarray
+
+
+def _clusters(builder: ModelBuilder, dest: Destinations, targets: np.ndarray,
+              w: np.ndarray) -> tuple[list[Cluster], object]:
+    """Line intervals of the destination clusters (ascending) and the highest target."""
+    st = builder.state
+    s = st.X @ w
+    order = np.argsort(dest.token_dest, kind="stable")
+    ids, starts = np.unique(dest.token_dest[order], return_index=True)
+    so = s[order]
+    lows = np.minimum.reduceat(so, starts)
+    highs = np.maximum.reduceat(so, starts)
+    rank = np.argsort(nm.to_float(lows), kind="stable")
+    clusters = [Cluster(lows[i], highs[i], targets[dest.target[ids[i]]]) for i in rank]
+    top_target = max(targets @ w)
+    below = top_target
+    for i, c in enumerate(clusters):
+        gap = float(c.low - below)
+        width = float(c.high - c.low)
+        if gap <= 0 or (not st.exact and width > 0.05 * gap):
+            which = "the targets" if i == 0 else "the next lower cluster"
+            raise CompileError(
+                f"internal: cluster {i} on the line (width {width:.3g}) is not well apart "
+                f"from {which} (gap {gap:.3g})"
+            )
+        below = c.high
+    return clusters, top_target
+
+
+def _snap_error(w: np.ndarray, floor, group: list[Cluster]) -> float:
+    """First-order rounding estimate of a compact snap layer: eps · Σ|terms| at its top point."""
+    units = snap(w, floor, [(c.low, c.high, c.target) for c in group], exact=False)
+    pre = nm.relu(units.U @ w * float(group[-1].high) / float(w @ w) + units.b)
+    return EPS * float(np.sum(np.max(np.abs(units.W), axis=0) * pre))
+
+
+def snap_all(builder: ModelBuilder, dest: Destinations, targets: np.ndarray, line: Line,
+             compact: bool, progress=None) -> int:
+    """Snap layers from the highest cluster down; returns the number of snap layers."""
+    st = builder.state
+    clusters, top_target = _clusters(builder, dest, targets, line.w)
+    floors = [top_target] + [c.high for c in clusters[:-1]]
+    chunks: list[tuple[int, int]] = []  # [i, j) cluster ranges, top chunk first
+    hi = len(clusters)
+    while hi > 0:
+        lo = hi - 1
+        if compact:
+            budget = SNAP_BUDGET * st.scale
+            while lo > 0 and (st.exact or _snap_error(line.w, floors[lo - 1],
+                                                      clusters[lo - 1:hi]) <= budget):
+                lo -= 1
+        chunks.append((lo, hi))
+        hi = lo
+    for n, (lo, hi) in enumerate(chunks):
+        group = [(c.low, c.high, c.target) for c in clusters[lo:hi]]
+        builder.add_ff(feed_forward([snap(line.w, floors[lo], group, st.exact)]), "snap")
+        if progress is not None and (n % 16 == 0 or n + 1 == len(chunks)):
+            progress("snap", n + 1, len(chunks))
+    return len(chunks)
+

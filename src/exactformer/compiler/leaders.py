@@ -1,0 +1,146 @@
+"""Pass 4 — place the leaders and collapse (DESIGN.md §4 step 3).
+
+Each group's *main* leader (first token of its first sequence) goes onto a ray in the
+positive quadrant of the plane ``π = A·x``; leaders with another target (*satellites*) go
+onto an arc in the negative quadrant; destinations are shared by target across groups.
+One hardmax attention layer with ``Q = K = A`` then replaces every token by its
+destination: non-leaders score highest at their main leader, leaders at themselves.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from fractions import Fraction
+
+import numpy as np
+
+from .. import numeric as nm
+from ..craft import collapse_layer, feed_forward, point_move
+from ..errors import CompileError
+from .geometry import choose_trapezoid, generic_unit, least_norm_point
+from .state import ModelBuilder
+from .validate import Analysis
+
+
+@dataclass
+class Destinations:
+    """Where every token goes in the collapse, by id."""
+
+    A: np.ndarray  # (2, d) the collapse's query/key map
+    token_dest: np.ndarray  # (T,) destination id of every token
+    target: np.ndarray  # (n_dest,) target id of each destination
+    pi: np.ndarray  # (n_dest, 2) destination in the plane (exact in exact mode)
+    point: np.ndarray  # (n_dest, d) destination in R^d
+    satellites: bool  # any satellite destinations (then the projection is not folded)
+    moves: list  # (point id, destination id) of every leader that moves
+
+
+def _positive_plane(rng, d: int, exact: bool) -> np.ndarray:
+    """A = [p; q], two generic positive vectors (unit in float mode), clearly not parallel."""
+    while True:
+        A = np.abs(np.stack([generic_unit(rng, d, exact) for _ in range(2)]))
+        if exact:
+            A = np.where(A == 0, Fraction(1, 8), A)
+        Af = nm.to_float(A)
+        if not exact:
+            A = A / np.linalg.norm(A, axis=1, keepdims=True)
+            Af = A
+        cos = Af[0] @ Af[1] / np.linalg.norm(Af[0]) / np.linalg.norm(Af[1])
+        if cos < 0.999 or d == 1:
+            return A
+
+
+def plan_destinations(builder: ModelBuilder, analysis: Analysis, rng) -> Destinations:
+    """Choose leaders, satellites and the destination of every token."""
+    st = builder.state
+    pid = st.point_ids()
+    classes = np.unique(st.cls)
+    first_seq = np.array([np.flatnonzero(st.cls == c)[0] for c in classes])
+    main_point = pid[st.segments[first_seq]]
+    main_target = np.array([analysis.target_ids[j][0] for j in first_seq])
+    main_of_class = dict(zip(classes.tolist(), range(len(classes))))
+
+    # satellites: prefix tokens whose target differs from their group's main target
+    sat = {}
+    for j in range(st.n_sequences):
+        mt = main_target[main_of_class[int(st.cls[j])]]
+        toks = analysis.prefix_tokens(j)
+        for p, t in zip(pid[toks].tolist(), analysis.target_ids[j].tolist()):
+            if t != mt:
+                sat.setdefault(p, t)
+    main_targets = np.unique(main_target)
+    sat_targets = np.unique(np.array(list(sat.values()), dtype=np.int64))
+    n_main = len(main_targets)
+    dest_target = np.concatenate([main_targets, sat_targets]).astype(np.int64)
+
+    A = _positive_plane(rng, st.d, st.exact)
+    P = st.X @ A.T
+    if st.exact:
+        R = max(abs(a) + abs(b) for a, b in P)  # rational bound on |π| (no square roots)
+    else:
+        R = float(np.max(np.linalg.norm(P, axis=1)))
+    half = Fraction(1, 2) if st.exact else 0.5
+    pis = []
+    for k in range(n_main):  # main ray: π = ρ_k (1, 1), ρ_k ∈ (1.5 R, 2.5 R)
+        rho = R * (3 * half + (k + half) / n_main)
+        pis.append([rho, rho])
+    for k in range(len(sat_targets)):  # arc κ(t²-1, -2t)/(1+t²), t ∈ (0,1): angle in (π, 3π/2)
+        t = (k + half) / len(sat_targets)
+        pis.append([R * (t * t - 1) / (1 + t * t), R * (-2 * t) / (1 + t * t)])
+    pi = nm.asarray(pis, st.exact) if pis else nm.zeros((0, 2), st.exact)
+    point = np.stack([least_norm_point(A, p) for p in pi])
+
+    dest_of_main = {int(t): i for i, t in enumerate(main_targets)}
+    dest_of_sat = {int(t): n_main + i for i, t in enumerate(sat_targets)}
+    class_index = np.array([main_of_class[int(c)] for c in st.cls])
+    token_dest = np.array([dest_of_main[int(t)] for t in main_target])[class_index[st.seq]]
+    moves = [(int(p), dest_of_main[int(t)]) for p, t in zip(main_point, main_target)]
+    for p, t in sat.items():
+        token_dest[pid == p] = dest_of_sat[t]
+        moves.append((p, dest_of_sat[t]))
+    return Destinations(A, token_dest, dest_target, pi, point, len(sat) > 0, moves)
+
+
+def place_leaders(builder: ModelBuilder, dest: Destinations, rng, compact: bool,
+                  progress=None) -> None:
+    """One point move per moving leader (all in one wide layer in compact mode)."""
+    st = builder.state
+    pid = st.point_ids()
+    units = []
+    for i, (p, k) in enumerate(dest.moves):
+        mine = pid == p
+        trap = choose_trapezoid(st.X, mine, rng)
+        z = st.X[np.flatnonzero(mine)[0]]
+        layer = point_move(trap.v, trap.center, trap.gap, dest.point[k] - z, trap.top)
+        if compact:
+            units.append(layer)
+        else:
+            builder.add_ff(feed_forward([layer]), "point move")
+        if progress is not None and (i % 16 == 0 or i + 1 == len(dest.moves)):
+            progress("leaders", i + 1, len(dest.moves))
+    if compact:
+        builder.add_ff(feed_forward(units), "point moves")
+
+
+def collapse(builder: ModelBuilder, dest: Destinations, line=None, attention="hardmax",
+             temperature: float = 1.0) -> None:
+    """The collapse attention; with ``line`` the projection onto it is folded into V."""
+    st = builder.state
+    if line is None:
+        layer = collapse_layer(dest.A)
+    else:
+        d = st.d
+        layer = collapse_layer(dest.A, Vo=(line.alpha * line.w).reshape(d, 1),
+                               Vi=line.v.reshape(1, d))
+    builder.add_sa(layer, "collapse", attention, temperature)
+    if builder.blocks[-1].ff is None:  # every group moves its main leader
+        raise CompileError("internal: the collapse has no leader move before it")
+
+
+def check_collapsed(builder: ModelBuilder, dest: Destinations, tol: float) -> None:
+    """Every token must sit on (within ``tol`` × scale of) its destination's line point / point."""
+    st = builder.state
+    want = dest.point[dest.token_dest]
+    err = nm.max_abs(nm.to_float(st.X) - nm.to_float(want))
+    if err > tol * max(st.scale, nm.max_abs(want)):
+        raise CompileError(f"internal: the collapse missed its destinations by {err:.3g}")

@@ -1,0 +1,69 @@
+"""Pass 3 — split classes whose members differ (DESIGN.md §4 step 2).
+
+Rare on real data: a class holds sequences that share points and have equal means. While
+two members have different empirical distributions, move a value whose proportion differs
+between them (one point move), and broadcast again in the same block: the means now
+differ, and the class splits. Compact mode moves one value per class in one wide layer.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .. import numeric as nm
+from ..craft import feed_forward, point_move
+from ..errors import CompileError
+from .geometry import choose_trapezoid, generic_positive
+from .separate import broadcast_and_classify
+from .state import ModelBuilder
+from .validate import Analysis
+
+
+def _distinguishing_value(st, analysis: Analysis, members: np.ndarray) -> int:
+    """A value id whose proportion differs most across the class's groups."""
+    mask = np.isin(st.seq, members)
+    seqs, vals = st.seq[mask], st.value[mask]
+    lengths = np.diff(st.segments)
+    best, best_count = -1, 1
+    for v in np.unique(vals):
+        props = {}
+        for j in members:
+            g = int(analysis.group[j])
+            props.setdefault(g, np.count_nonzero((seqs == j) & (vals == v)) / lengths[j])
+        n_distinct = len(set(props.values()))
+        if n_distinct > best_count:
+            best, best_count = int(v), n_distinct
+    return best
+
+
+def split_classes(builder: ModelBuilder, analysis: Analysis, rng: np.random.Generator,
+                  compact: bool, progress=None) -> int:
+    """Refine classes until each holds one group; returns the number of split rounds."""
+    st = builder.state
+    rounds = 0
+    while True:
+        todo = []
+        for c in np.unique(st.cls):
+            members = np.flatnonzero(st.cls == c)
+            if len(np.unique(analysis.group[members])) > 1:
+                todo.append((c, members))
+        if not todo:
+            return rounds
+        if rounds > st.n_sequences + 4:
+            raise CompileError("splitting sequences with equal means did not converge")
+        if not compact:
+            todo = todo[:1]
+        pid = st.point_ids()
+        units = []
+        for c, members in todo:
+            v = _distinguishing_value(st, analysis, members)
+            mine_token = np.flatnonzero((st.cls[st.seq] == c) & (st.value == v))[0]
+            mine = pid == pid[mine_token]
+            trap = choose_trapezoid(st.X, mine, rng)
+            delta = generic_positive(rng, st.d, st.exact) * nm.like(st.scale, st.exact)
+            units.append(point_move(trap.v, trap.center, trap.gap, delta, trap.top))
+        builder.add_ff(feed_forward(units), "split move")
+        broadcast_and_classify(builder, rng)
+        rounds += 1
+        if progress is not None:
+            progress("split", rounds, None)

@@ -1,0 +1,79 @@
+"""The compiler's simulation of the forward pass, with bookkeeping by identity (DESIGN.md §4).
+
+Every token carries the id of its sequence and of its original value; the passes add the
+class of its sequence and, later, the id of its destination. Questions like "is this the
+same point?" are answered by these ids, never by float tolerances.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from .. import numeric as nm
+from ..model import Block, FeedForward, SelfAttention
+
+
+@dataclass
+class TokenState:
+    """All tokens of all sequences, concatenated, with their ids."""
+
+    X: np.ndarray  # (T, d) current values (float64, or Fractions in exact mode)
+    seq: np.ndarray  # (T,) sequence index
+    value: np.ndarray  # (T,) id of the original value (equal input rows share it)
+    segments: np.ndarray  # (N+1,) start offsets of the sequences, then T
+    exact: bool
+    scale: float  # largest absolute value of the data (inputs and targets)
+    cls: np.ndarray = field(default=None)  # (N,) class of each sequence (DESIGN.md §4 step 1)
+
+    @property
+    def n_sequences(self) -> int:
+        return len(self.segments) - 1
+
+    @property
+    def d(self) -> int:
+        return int(self.X.shape[1])
+
+    def point_ids(self) -> np.ndarray:
+        """Id of each token's point: (class of its sequence, original value)."""
+        key = self.cls[self.seq].astype(np.int64) * (int(self.value.max()) + 1) + self.value
+        return np.unique(key, return_inverse=True)[1].ravel()
+
+    def floats(self) -> np.ndarray:
+        """The current values as float64 (for checks and gaps; exact mode converts)."""
+        return nm.to_float(self.X) if self.exact else self.X
+
+
+@dataclass
+class ModelBuilder:
+    """Collects layers into blocks (FF then SA) and applies each one to the simulated state."""
+
+    state: TokenState
+    blocks: list[Block] = field(default_factory=list)
+
+    def add_ff(self, ff: FeedForward, kind: str) -> None:
+        """Start a new block with this feed-forward layer and simulate it (active rows only)."""
+        self.blocks.append(Block(ff=ff, kind=kind))
+        X = self.state.X
+        if ff.eta == 1 and not self.state.exact:
+            # rows with every unit off are bit-for-bit unchanged (x + 0): skip them
+            active = np.flatnonzero((X @ ff.U.T + ff.b > 0).any(axis=1))
+            X[active] = ff(X[active])
+        else:
+            self.state.X = ff(X)
+
+    def add_sa(self, sa: SelfAttention, kind: str, attention: str = "hardmax",
+               temperature: float = 1.0, X_new: np.ndarray | None = None) -> None:
+        """Put this attention layer in the current block (or a new one) and simulate it.
+
+        ``X_new``: the layer's output when the caller already computed it (to check a draw).
+        """
+        if not self.blocks or self.blocks[-1].sa is not None:
+            self.blocks.append(Block(kind=kind))
+        else:
+            self.blocks[-1].kind = f"{self.blocks[-1].kind} + {kind}"
+        self.blocks[-1].sa = sa
+        if X_new is None:
+            X_new = sa(self.state.X, self.state.segments, attention, temperature)
+        self.state.X = X_new
