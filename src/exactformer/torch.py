@@ -1,0 +1,322 @@
+"""PyTorch twin of :class:`exactformer.Transformer` (``pip install exactformer[torch]``).
+
+Same architecture as DESIGN.md §1 — blocks of ``FF: x ↦ η·x + W·relu(U·x + b)`` then
+``SA: x_i ↦ ρ·x_i + Σ_j P_ij V x_j`` — with every weight an ``nn.Parameter`` whose
+``state_dict`` name is the tensor name of the file format (DESIGN.md §2,
+``blocks.{l}.ff.U`` …), so compiled models can be run, inspected and trained in PyTorch
+and written back with :meth:`TorchTransformer.save`.
+
+Why a twin and not a wrapper: the numpy model is the reference (exact rationals, the
+verifier); this module is float only (float64 by default, so it agrees with numpy to
+~1e-15; see the README for float32) and adds what PyTorch users need: batches of
+sequences of different lengths with a key padding mask, autograd, devices.
+
+Masks follow ``torch.nn.MultiheadAttention``'s ``key_padding_mask``: a bool tensor
+``(batch, n)`` where **True marks padding**. Padding keys get weight 0 in every attention
+layer (hardmax, softmax and uniform), so each real token sees exactly its own sequence
+(attention never crosses sequences, DESIGN.md §1). Outputs at padding positions are
+computed but meaningless; ignore them (or mask them out of a loss).
+"""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+from fractions import Fraction
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from . import numeric as nm
+from .model import ATTENTIONS, Block, FeedForward, SelfAttention, Transformer
+
+__all__ = ["TorchTransformer", "TorchFeedForward", "TorchSelfAttention", "pad_sequences"]
+
+
+def _param(a, dtype=torch.float64) -> nn.Parameter:
+    return nn.Parameter(torch.as_tensor(nm.to_float(np.asarray(a)), dtype=dtype))
+
+
+def _numpy(t: torch.Tensor) -> np.ndarray:
+    """float64 numpy copy of a parameter (whatever its dtype and device)."""
+    return t.detach().to("cpu", torch.float64).numpy().copy()
+
+
+class TorchFeedForward(nn.Module):
+    """``x ↦ η·x + W·relu(U·x + b)`` per token (DESIGN.md §1; U: w×d, b: w, W: d×w)."""
+
+    def __init__(self, U, b, W, eta):
+        super().__init__()
+        self.eta, self.U, self.b, self.W = _param(eta), _param(U), _param(b), _param(W)
+
+    @property
+    def width(self) -> int:
+        return int(self.U.shape[0])
+
+    def forward(self, X: torch.Tensor) -> torch.Tensor:
+        # same operation order as FeedForward.__call__ in model.py
+        return self.eta * X + torch.relu(X @ self.U.T + self.b) @ self.W.T
+
+    def to_numpy(self) -> FeedForward:
+        return FeedForward(_numpy(self.U), _numpy(self.b), _numpy(self.W), _numpy(self.eta)[()])
+
+
+class TorchSelfAttention(nn.Module):
+    """``x_i ↦ ρ·x_i + Σ_j P_ij V x_j``, scores ``⟨Q x_i, K x_j⟩`` (DESIGN.md §1).
+
+    ``V`` whole or as the factor pair ``Vo @ Vi`` (kept factored: the file format and the
+    parameter count stay the same). ``h = 0`` (Q, K of shape ``(0, d)``) is uniform
+    attention over the unmasked keys in both modes.
+    """
+
+    def __init__(self, Q, K, V=None, Vo=None, Vi=None, rho=1.0):
+        super().__init__()
+        self.rho, self.Q, self.K = _param(rho), _param(Q), _param(K)
+        self.factored = V is None
+        if self.factored:
+            self.Vo, self.Vi = _param(Vo), _param(Vi)
+        else:
+            self.V = _param(V)
+
+    @property
+    def rank(self) -> int:
+        return int(self.Q.shape[0])
+
+    def values(self, X: torch.Tensor) -> torch.Tensor:
+        if self.factored:
+            return (X @ self.Vi.T) @ self.Vo.T
+        return X @ self.V.T
+
+    def weights(self, X, pad, attention, temperature, surrogate=None) -> torch.Tensor:
+        """Attention matrix P ``(B, n, n)``; rows sum to 1 over the real keys, 0 on padding.
+
+        ``surrogate`` (a temperature) replaces hardmax by softmax, for training only.
+        """
+        B, n, _ = X.shape
+        keep = ~pad[:, None, :]  # (B, 1, n): True on real keys
+        if self.rank == 0:
+            P = keep.expand(B, n, n).to(X.dtype)
+            return P / P.sum(dim=2, keepdim=True).clamp(min=1)
+        scores = (X @ self.Q.T) @ (X @ self.K.T).transpose(1, 2)
+        scores = scores.masked_fill(~keep, float("-inf"))
+        if attention == "hardmax" and surrogate is None:
+            # uniform over the exact argmax set, ties included (DESIGN.md §1)
+            top = scores.amax(dim=2, keepdim=True)
+            P = ((scores == top) & keep).to(X.dtype)
+            return P / P.sum(dim=2, keepdim=True).clamp(min=1)
+        tau = temperature if surrogate is None else surrogate
+        # a sequence with no real key at all (empty) would give NaN rows: make them 0
+        empty = ~keep.any(dim=2, keepdim=True)
+        if bool(empty.any()):
+            scores = scores.masked_fill(empty, 0.0)
+        return torch.softmax(scores / tau, dim=2).masked_fill(~keep, 0.0)
+
+    def forward(self, X, pad, attention="hardmax", temperature=1.0, surrogate=None):
+        P = self.weights(X, pad, attention, temperature, surrogate)
+        return self.rho * X + P @ self.values(X)
+
+    def to_numpy(self) -> SelfAttention:
+        Q, K, rho = _numpy(self.Q), _numpy(self.K), _numpy(self.rho)[()]
+        if self.factored:
+            return SelfAttention(Q, K, Vo=_numpy(self.Vo), Vi=_numpy(self.Vi), rho=rho)
+        return SelfAttention(Q, K, V=_numpy(self.V), rho=rho)
+
+
+class TorchBlock(nn.Module):
+    """FF then SA; a missing layer (``None``) is the identity (DESIGN.md §2)."""
+
+    def __init__(self, ff: TorchFeedForward | None, sa: TorchSelfAttention | None, kind=""):
+        super().__init__()
+        self.ff, self.sa, self.kind = ff, sa, kind
+
+
+def pad_sequences(sequences, d: int | None = None, dtype=torch.float64, device=None):
+    """Stack ``(n_j, d)`` sequences into ``X (B, n_max, d)`` and ``key_padding_mask (B, n_max)``.
+
+    Padding rows are zeros and the mask is True there (PyTorch's convention).
+    """
+    xs = [torch.as_tensor(_float_array(x), dtype=dtype, device=device) for x in sequences]
+    if d is None:
+        d = int(xs[0].shape[1]) if xs else 0
+    n = max((len(x) for x in xs), default=0)
+    X = torch.zeros((len(xs), n, d), dtype=dtype, device=device)
+    pad = torch.ones((len(xs), n), dtype=torch.bool, device=device)
+    for j, x in enumerate(xs):
+        if x.ndim != 2 or x.shape[1] != d:
+            raise ValueError(f"sequence {j}: expected shape (n, {d}), got {tuple(x.shape)}")
+        X[j, : len(x)] = x
+        pad[j, : len(x)] = False
+    return X, pad
+
+
+def _float_array(x):
+    if isinstance(x, torch.Tensor):
+        return x.detach()
+    return nm.to_float(np.asarray(x))
+
+
+class TorchTransformer(nn.Module):
+    """The DESIGN.md §1 transformer as an ``nn.Module``.
+
+    Build it with :meth:`from_file` or :meth:`from_model`; call it on ``(n, d)`` or
+    ``(batch, n, d)`` inputs, optionally with ``key_padding_mask`` (True = padding).
+
+    ``hardmax_surrogate`` (a positive temperature or None): when set, hardmax layers run
+    as softmax at that temperature — differentiable in Q and K, for training (issue 7).
+    Exact hardmax has zero gradient with respect to the scores. Uniform layers (h = 0)
+    stay uniform either way. See also :meth:`surrogate`.
+    """
+
+    def __init__(self, blocks, d: int, attention="hardmax", temperature=1.0, info=None,
+                 hardmax_surrogate: float | None = None):
+        super().__init__()
+        if attention not in ATTENTIONS:
+            raise ValueError(f"attention must be hardmax or softmax, got {attention!r}")
+        self.blocks = nn.ModuleList(blocks)
+        self.d, self.attention, self.temperature = int(d), attention, float(temperature)
+        self.info = dict(info or {})
+        self.hardmax_surrogate = hardmax_surrogate
+        # carries dtype/device for models without any parameter; not saved
+        self.register_buffer("_probe", torch.zeros((), dtype=torch.float64), persistent=False)
+        self._rational: dict[str, np.ndarray] | None = None
+
+    # -- construction ---------------------------------------------------------------------
+    @classmethod
+    def from_model(cls, model: Transformer, **kw) -> TorchTransformer:
+        """Twin of a numpy model; rational (exact) weights are rounded to float64.
+
+        The rationals are remembered: :meth:`save` writes them back as long as no weight
+        has changed, so an exact model's file round-trips with its proof (DESIGN.md §3).
+        """
+        blocks = []
+        for b in model.blocks:
+            ff = sa = None
+            if b.ff is not None:
+                ff = TorchFeedForward(b.ff.U, b.ff.b, b.ff.W, b.ff.eta)
+            if b.sa is not None:
+                s = b.sa
+                sa = TorchSelfAttention(s.Q, s.K, s.V, s.Vo, s.Vi, s.rho)
+            blocks.append(TorchBlock(ff, sa, b.kind))
+        out = cls(blocks, model.d, model.attention, model.temperature, model.info, **kw)
+        rational = {name: np.asarray(t) for name, t in model.named_tensors()
+                    if nm.is_exact(np.asarray(t))}
+        out._rational = rational or None
+        return out
+
+    @classmethod
+    def from_file(cls, path, **kw) -> TorchTransformer:
+        """Load a ``.safetensors`` model (bad files raise :class:`ModelFileError`)."""
+        return cls.from_model(Transformer.load(Path(path)), **kw)
+
+    def to_model(self) -> Transformer:
+        """The numpy model (float64) with the current weights, block kinds and info."""
+        blocks = [Block(None if b.ff is None else b.ff.to_numpy(),
+                        None if b.sa is None else b.sa.to_numpy(), b.kind)
+                  for b in self.blocks]
+        return Transformer(blocks, self.d, self.attention, self.temperature, dict(self.info))
+
+    def save(self, path) -> None:
+        """Write the DESIGN.md §2 file through :meth:`Transformer.save` (same format)."""
+        model = self.to_model()
+        exact = self._exact_weights(model)
+        (exact or model).save(path)
+
+    def _exact_weights(self, model: Transformer) -> Transformer | None:
+        """The source's rational model if every weight is still its float64 rounding."""
+        if not self._rational:
+            return None
+        tensors = dict(model.named_tensors())
+        if set(tensors) != set(self._rational):
+            return None
+        for name, t in tensors.items():
+            r = self._rational[name]
+            if r.shape != np.shape(t) or not np.array_equal(nm.to_float(r), np.asarray(t)):
+                return None
+
+        def restore(layer, prefix):
+            for attr in ("U", "b", "W", "Q", "K", "V", "Vo", "Vi", "eta", "rho"):
+                key = f"{prefix}.{attr}"
+                if key in self._rational:
+                    r = self._rational[key]
+                    setattr(layer, attr, r if r.shape else Fraction(r[()]))
+
+        for l, blk in enumerate(model.blocks):
+            if blk.ff is not None:
+                restore(blk.ff, f"blocks.{l}.ff")
+            if blk.sa is not None:
+                restore(blk.sa, f"blocks.{l}.sa")
+        return model
+
+    # -- forward --------------------------------------------------------------------------
+    @property
+    def dtype(self) -> torch.dtype:
+        return self._probe.dtype
+
+    @property
+    def device(self) -> torch.device:
+        return self._probe.device
+
+    @property
+    def n_blocks(self) -> int:
+        return len(self.blocks)
+
+    @contextmanager
+    def surrogate(self, temperature: float | None):
+        """Temporarily set :attr:`hardmax_surrogate` (``with model.surrogate(1e-2): …``)."""
+        old, self.hardmax_surrogate = self.hardmax_surrogate, temperature
+        try:
+            yield self
+        finally:
+            self.hardmax_surrogate = old
+
+    def forward(self, X, key_padding_mask=None, trace: list | None = None) -> torch.Tensor:
+        """Outputs, same shape as ``X`` (``(n, d)`` or ``(batch, n, d)``).
+
+        ``key_padding_mask``: bool ``(n,)`` / ``(batch, n)``, True = padding key.
+        ``trace`` (a list) receives ``(label, states)`` after every layer, labels as in
+        :meth:`Transformer.run` (``"input"``, ``"block l ff"``, ``"block l sa"``).
+        """
+        if not isinstance(X, torch.Tensor):
+            X = torch.as_tensor(_float_array(X))
+        X = X.to(self.device, self.dtype)
+        single = X.ndim == 2
+        if single:
+            X = X[None]
+        if X.ndim != 3 or X.shape[2] != self.d:
+            raise ValueError(f"expected shape (n, {self.d}) or (batch, n, {self.d}), "
+                             f"got {tuple(X.shape)}")
+        if key_padding_mask is None:
+            pad = torch.zeros(X.shape[:2], dtype=torch.bool, device=X.device)
+        else:
+            pad = torch.as_tensor(key_padding_mask, device=X.device).to(torch.bool)
+            pad = pad[None] if pad.ndim == 1 else pad
+            if tuple(pad.shape) != tuple(X.shape[:2]):
+                raise ValueError(f"key_padding_mask has shape {tuple(pad.shape)}, "
+                                 f"expected {tuple(X.shape[:2])}")
+
+        def record(label):
+            if trace is not None:
+                trace.append((label, X[0] if single else X))
+
+        record("input")
+        for l, blk in enumerate(self.blocks):
+            if blk.ff is not None:
+                X = blk.ff(X)
+                record(f"block {l} ff")
+            if blk.sa is not None:
+                X = blk.sa(X, pad, self.attention, self.temperature, self.hardmax_surrogate)
+                record(f"block {l} sa")
+        return X[0] if single else X
+
+    def run(self, sequences) -> list[torch.Tensor]:
+        """Outputs for sequences of different lengths, run as one padded batch."""
+        X, pad = pad_sequences(sequences, self.d, self.dtype, self.device)
+        Y = self(X, key_padding_mask=pad)
+        return [Y[j, : len(x)] for j, x in enumerate(sequences)]
+
+    def extra_repr(self) -> str:
+        tau = f", temperature={self.temperature!r}" if self.attention == "softmax" else ""
+        sur = (f", hardmax_surrogate={self.hardmax_surrogate!r}"
+               if self.hardmax_surrogate is not None else "")
+        return f"d={self.d}, attention={self.attention}{tau}{sur}, blocks={self.n_blocks}"
