@@ -41,8 +41,13 @@ class FeedForward:
     def pre_activations(self, X: np.ndarray) -> np.ndarray:
         return X @ self.U.T + self.b
 
-    def __call__(self, X: np.ndarray) -> np.ndarray:
-        return self.eta * X + nm.relu(self.pre_activations(X)) @ self.W.T
+    def __call__(self, X: np.ndarray, chunk_entries: int = 1 << 22) -> np.ndarray:
+        rows = max(1, chunk_entries // max(1, self.width))
+        if len(X) <= rows:
+            return self.eta * X + nm.relu(self.pre_activations(X)) @ self.W.T
+        # wide layers (compact mode): bounded memory, same arithmetic row by row
+        return np.concatenate([self(X[i:i + rows], chunk_entries)
+                               for i in range(0, len(X), rows)])
 
     def tensors(self) -> dict[str, np.ndarray]:
         return {"eta": np.asarray(self.eta), "U": self.U, "b": self.b, "W": self.W}

@@ -51,46 +51,49 @@ class Trapezoid:
 
 def find_trapezoid(X: np.ndarray, mine: np.ndarray, v: np.ndarray,
                    min_ratio: float = 1e-6) -> Trapezoid | None:
-    """Gap around the tokens ``mine`` (one point, possibly a few near copies) along ``v``.
+    """Gap around the tokens ``mine`` (indices of one point's copies) along ``v``.
 
     Returns None when the gap is tiny against the spread of all tokens along v, or when the
     copies are not much closer to each other than to everything else (then another
     direction is needed). Exact mode computes everything in rationals (a proof).
     """
     t = X @ v
-    tm, to = t[mine], t[~mine]
+    tm = t[mine]
     lo, hi = tm.min(), tm.max()
-    if len(to) == 0:
+    below = t[t < lo]
+    above = t[t > hi]
+    if len(below) + len(above) + len(tm) < len(t):  # another point inside the copies' range
+        return None
+    if len(below) + len(above) == 0:
         span = abs(hi) if hi != 0 else 1
         return Trapezoid(v, (lo + hi) / 2, span, True)
-    below = to[to < lo]
-    above = to[to > hi]
-    if len(below) + len(above) < len(to):  # another point inside the copies' range
-        return None
     gaps = []
     if len(below):
         gaps.append(lo - below.max())
     if len(above):
         gaps.append(above.min() - hi)
     g = min(gaps)
-    spread = float(t.max() - t.min())
+    spread = float(max(above.max() if len(above) else hi, hi) - min(below.min() if len(below)
+                                                                    else lo, lo))
     if float(g) < min_ratio * spread or float(hi - lo) * 20 > float(g):
         return None
     return Trapezoid(v, (lo + hi) / 2, g, len(above) == 0)
 
 
 def choose_trapezoid(X: np.ndarray, mine: np.ndarray, rng: np.random.Generator,
-                     tries: int = 32) -> Trapezoid:
+                     reference: np.ndarray | None = None, tries: int = 32) -> Trapezoid:
     """A direction along which the point ``X[mine]`` is well isolated (DESIGN.md §4).
 
-    First ``z - mean`` (puts z near the top), then random directions; in exact mode the
-    direction is a simple rational close to the float one, so weights stay small.
+    First ``z - reference`` (``reference``: a mean of the tokens; puts z near the top), then
+    random directions; in exact mode the direction is a simple rational close to the float
+    one, so weights stay small.
     """
     exact = nm.is_exact(X)
-    Xf = nm.to_float(X) if exact else X
-    z = Xf[mine].mean(axis=0)
+    z = nm.to_float(X[mine]).mean(axis=0)
+    if reference is None:
+        reference = nm.to_float(X).mean(axis=0)
     for attempt in range(tries):
-        v = z - Xf.mean(axis=0) if attempt == 0 else rng.standard_normal(X.shape[1])
+        v = z - reference if attempt == 0 else rng.standard_normal(X.shape[1])
         nv = np.linalg.norm(v)
         if not np.isfinite(nv) or nv == 0:
             continue

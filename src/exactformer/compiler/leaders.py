@@ -15,7 +15,7 @@ from fractions import Fraction
 import numpy as np
 
 from .. import numeric as nm
-from ..craft import collapse_layer, feed_forward, point_move
+from ..craft import collapse_layer, point_move
 from ..errors import CompileError
 from .geometry import choose_trapezoid, generic_unit, least_norm_point
 from .state import ModelBuilder
@@ -106,20 +106,23 @@ def place_leaders(builder: ModelBuilder, dest: Destinations, rng, compact: bool,
     """One point move per moving leader (all in one wide layer in compact mode)."""
     st = builder.state
     pid = st.point_ids()
+    order = np.argsort(pid, kind="stable")
+    starts = np.searchsorted(pid[order], np.arange(pid.max() + 2))
+    reference = st.floats().mean(axis=0)
     units = []
     for i, (p, k) in enumerate(dest.moves):
-        mine = pid == p
-        trap = choose_trapezoid(st.X, mine, rng)
-        z = st.X[np.flatnonzero(mine)[0]]
+        mine = order[starts[p]:starts[p + 1]]
+        trap = choose_trapezoid(st.X, mine, rng, reference)
+        z = st.X[mine[0]]
         layer = point_move(trap.v, trap.center, trap.gap, dest.point[k] - z, trap.top)
         if compact:
             units.append(layer)
         else:
-            builder.add_ff(feed_forward([layer]), "point move")
+            builder.add_units([layer], "point move")
         if progress is not None and (i % 16 == 0 or i + 1 == len(dest.moves)):
             progress("leaders", i + 1, len(dest.moves))
     if compact:
-        builder.add_ff(feed_forward(units), "point moves")
+        builder.add_units(units, "point moves")
 
 
 def collapse(builder: ModelBuilder, dest: Destinations, line=None, attention="hardmax",

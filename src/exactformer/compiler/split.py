@@ -11,7 +11,7 @@ from __future__ import annotations
 import numpy as np
 
 from .. import numeric as nm
-from ..craft import feed_forward, point_move
+from ..craft import point_move
 from ..errors import CompileError
 from .geometry import choose_trapezoid, generic_positive
 from .separate import broadcast_and_classify
@@ -58,11 +58,11 @@ def split_classes(builder: ModelBuilder, analysis: Analysis, rng: np.random.Gene
         for c, members in todo:
             v = _distinguishing_value(st, analysis, members)
             mine_token = np.flatnonzero((st.cls[st.seq] == c) & (st.value == v))[0]
-            mine = pid == pid[mine_token]
+            mine = np.flatnonzero(pid == pid[mine_token])
             trap = choose_trapezoid(st.X, mine, rng)
             delta = generic_positive(rng, st.d, st.exact) * nm.like(st.scale, st.exact)
             units.append(point_move(trap.v, trap.center, trap.gap, delta, trap.top))
-        builder.add_ff(feed_forward(units), "split move")
+        builder.add_units(units, "split move")
         broadcast_and_classify(builder, rng)
         rounds += 1
         if progress is not None:
