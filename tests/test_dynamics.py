@@ -72,7 +72,8 @@ def test_leaders_never_move_and_hulls_are_nested(cfg):
     traj = simulate(Z, A, alpha=alpha, max_steps=300)
     lead = leaders(Z, A)
     assert len(lead) >= 1  # the token with the largest A-norm always wins its own argmax
-    assert np.allclose(traj.states[:, lead], Z[lead], rtol=0, atol=1e-12)
+    # up to the tie tolerance: tokens arriving within ~1e-12 of a leader tie with it
+    assert np.allclose(traj.states[:, lead], Z[lead], rtol=0, atol=1e-9)
     # support function h(u) = max_i <u, z_i> never increases: conv(Z^{k+1}) ⊆ conv(Z^k)
     U = np.random.default_rng(seed + 1).standard_normal((16, d))
     h = (traj.states @ U.T).max(axis=1)  # (steps+1, 16)
