@@ -78,6 +78,19 @@ class Dataset:
         )
 
     # -- rules of DESIGN.md §2-§3 that need no geometry -----------------------------------
+    def check_inputs(self) -> None:
+        """The rules on inputs alone: at least one sequence, equal d, non-empty, finite."""
+        if len(self.inputs) == 0:
+            raise DatasetError("the dataset has no sequences")
+        d = self.inputs[0].shape[1]
+        for j, x in enumerate(self.inputs):
+            if x.shape[1] != d:
+                raise DatasetError(f"sequence {j}: input tokens have dimension {x.shape[1]}, not {d}")
+            if len(x) == 0:
+                raise DatasetError(f"sequence {j}: the input sequence is empty")
+            if not np.all(np.isfinite(x)):
+                raise DatasetError(f"sequence {j}: the input contains NaN or inf")
+
     def check(self) -> None:
         """Raise :class:`DatasetError` on the first broken basic rule (d ≥ 2, finite, 1 ≤ m ≤ n)."""
         if len(self.inputs) == 0:
@@ -142,7 +155,7 @@ def _split(tokens: np.ndarray, lengths: np.ndarray, what: str) -> list[np.ndarra
     return [a.copy() for a in np.split(tokens, np.cumsum(lengths)[:-1])]
 
 
-def _from_npz(path: Path) -> Dataset:
+def _from_npz(path: Path, require_targets: bool = True) -> Dataset:
     try:
         with np.load(path, allow_pickle=False) as z:
             arrays = {k: z[k] for k in z.files}
@@ -151,7 +164,7 @@ def _from_npz(path: Path) -> Dataset:
     has_outputs = "outputs" in arrays
     need = ["inputs", "input_lengths"] + (["outputs", "output_lengths"] if has_outputs else [])
     missing = [k for k in need if k not in arrays]
-    if not has_outputs and "labels" not in arrays:
+    if not has_outputs and "labels" not in arrays and require_targets:
         missing.append("outputs")
     if missing:
         raise DatasetError(f"{path}: missing key(s) {', '.join(missing)} (see DESIGN.md §2)")
@@ -177,8 +190,10 @@ def _from_npz(path: Path) -> Dataset:
                 f"{path}: {len(lengths)} input lengths but {len(olen)} output lengths"
             )
         ys = _split(outputs.astype(np.float64), olen.astype(np.int64), "output")
-    else:
+    elif "labels" in arrays:
         labels = _check_labels(arrays["labels"], len(xs), path)
+        ys = [np.zeros((0, inputs.shape[1])) for _ in xs]
+    else:
         ys = [np.zeros((0, inputs.shape[1])) for _ in xs]
     return Dataset(xs, ys, labels=labels)
 
@@ -192,13 +207,13 @@ def _check_labels(labels, n: int, path) -> np.ndarray:
     return labels.astype(np.int64)
 
 
-def _from_json(path: Path) -> Dataset:
+def _from_json(path: Path, require_targets: bool = True) -> Dataset:
     try:
         data = json.loads(path.read_text())
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise DatasetError(f"{path}: not a readable JSON file ({exc})") from None
     if not isinstance(data, dict) or "inputs" not in data or (
-        "outputs" not in data and "labels" not in data
+        "outputs" not in data and "labels" not in data and require_targets
     ):
         raise DatasetError(f"{path}: expected an object with keys 'inputs' and 'outputs'")
     if not isinstance(data["inputs"], list):
@@ -209,16 +224,17 @@ def _from_json(path: Path) -> Dataset:
             raise DatasetError(f"{path}: 'outputs' must be a list of sequences")
         ys = [_as_sequence(y, f"target sequence {j}") for j, y in enumerate(data["outputs"])]
         return Dataset(xs, ys)
-    labels = _check_labels(data["labels"], len(xs), path)
+    labels = _check_labels(data["labels"], len(xs), path) if "labels" in data else None
     d = xs[0].shape[1] if xs else 0
     return Dataset(xs, [np.zeros((0, d)) for _ in xs], labels=labels)
 
 
-def load_dataset(path) -> Dataset:
+def load_dataset(path, require_targets: bool = True) -> Dataset:
     """Read a dataset from ``.npz`` or ``.json`` (DESIGN.md §2) and check the basic rules.
 
-    A file that carries ``labels`` instead of ``outputs`` gives a labelled dataset whose
-    targets are filled in by :func:`exactformer.classification.with_codes`.
+    With ``require_targets=False`` a file with inputs only is accepted (targets empty), e.g.
+    for ``exactformer run``. A file that carries ``labels`` instead of ``outputs`` gives a
+    labelled dataset (targets empty, ``labels`` set).
     """
     path = Path(path)
     if not path.exists():
@@ -227,13 +243,15 @@ def load_dataset(path) -> Dataset:
         raise DatasetError(f"{path}: is a directory, not a dataset file")
     suffix = path.suffix.lower()
     if suffix == ".json":
-        ds = _from_json(path)
+        ds = _from_json(path, require_targets)
     elif suffix == ".npz":
-        ds = _from_npz(path)
+        ds = _from_npz(path, require_targets)
     else:
         raise DatasetError(f"{path}: unknown dataset extension '{suffix}' (use .npz or .json)")
-    if ds.labels is None:
+    if ds.labels is None and require_targets:
         ds.check()
+    else:
+        ds.check_inputs()
     return ds
 
 

@@ -1,1 +1,218 @@
-"""Core commands: compile, verify, info, run, demo (filled in with the compiler)."""
+"""Core commands: compile, verify, info, run, demo."""
+
+from __future__ import annotations
+
+import time
+from contextlib import contextmanager
+from pathlib import Path
+
+import numpy as np
+import typer
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from ..cli import app, console, fail, user_errors
+from ..dataset import Dataset, load_dataset, save_dataset
+
+
+@contextmanager
+def _progress(enabled: bool):
+    """A rich progress bar fed by the compiler's ``progress(stage, done, total)`` callback."""
+    if not enabled:
+        yield None
+        return
+    with Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}"
+                  "/{task.total}"), TimeElapsedColumn(), console=console, transient=True) as bar:
+        tasks: dict[str, int] = {}
+
+        def update(stage: str, done: int, total):
+            if stage not in tasks:
+                tasks[stage] = bar.add_task(stage, total=total)
+            bar.update(tasks[stage], completed=done, total=total)
+
+        yield update
+
+
+def _summary(model, dataset: Dataset, report, seconds: float, title: str) -> Table:
+    from ..compiler import paper_bound, strict_bound
+
+    N, sm = dataset.n_sequences, int(dataset.output_lengths.sum())
+    t = Table(title=title, show_header=False, title_justify="left")
+    t.add_column(style="bold")
+    t.add_column()
+    t.add_row("sequences N", str(N))
+    t.add_row("read-out Σm", str(sm))
+    t.add_row("tokens / d", f"{dataset.n_tokens} / {dataset.d}")
+    t.add_row("attention", model.attention + (f" (τ = {model.temperature:.6g})"
+                                              if model.attention == "softmax" else ""))
+    t.add_row("mode", str(model.info.get("mode", "")))
+    t.add_row("blocks", f"{model.n_blocks}  (paper: {paper_bound(dataset, model.attention)} = "
+              f"2Σm+{'2N+1' if model.attention == 'hardmax' else '3N'}; our strict bound: "
+              f"{strict_bound(dataset, model.attention)})")
+    t.add_row("FF width / attention rank", f"{model.width} / {model.rank}")
+    t.add_row("parameters", f"{model.n_params:,}")
+    kind = "exact rational arithmetic" if report.exact else "float64"
+    t.add_row("verification", f"[{'green' if report.passed else 'red'}]"
+              f"{'PASS' if report.passed else 'FAIL'}[/] ({kind})")
+    t.add_row("max error", f"{report.max_abs_error:.3g} abs, {report.max_rel_error:.3g} rel")
+    t.add_row("min score margin", f"{report.min_margin:.3g}")
+    t.add_row("time", f"{seconds:.2f} s")
+    return t
+
+
+@app.command("compile")
+@user_errors
+def compile_cmd(
+    data: Path = typer.Argument(..., help="Dataset (.npz or .json, DESIGN.md §2)."),
+    out: Path = typer.Option(..., "-o", "--out", help="Model file to write (.safetensors)."),
+    attention: str = typer.Option("hardmax", help="hardmax or softmax."),
+    compact: bool = typer.Option(False, "--compact", help="No width limit: a handful of blocks."),
+    exact: bool = typer.Option(False, "--exact", help="Rational weights, proven exact."),
+    seed: int = typer.Option(0, help="Seed of every generic draw."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No summary table."),
+):
+    """Compile DATA into a transformer, verify it, then write it to OUT."""
+    import exactformer
+
+    if attention not in ("hardmax", "softmax"):
+        fail(f"--attention must be hardmax or softmax, not {attention!r}")
+    dataset = load_dataset(data)
+    t0 = time.perf_counter()
+    with _progress(not quiet and dataset.n_tokens > 20_000) as progress:
+        model = exactformer.compile(dataset, attention=attention, compact=compact, exact=exact,
+                                    seed=seed, progress=progress, verify=False)
+    report = exactformer.verify(model, dataset)
+    seconds = time.perf_counter() - t0
+    if not report.passed:  # never write a wrong model
+        fail(f"the compiled model failed verification, nothing written ({report.summary()})", 1)
+    model.info.update(max_rel_error=report.max_rel_error, min_margin=report.min_margin)
+    model.save(out)
+    if not quiet:
+        console.print(_summary(model, dataset, report, seconds, f"compiled {data} → {out}"))
+
+
+@app.command("verify")
+@user_errors
+def verify_cmd(
+    model_path: Path = typer.Argument(..., metavar="MODEL", help="Model file (.safetensors)."),
+    data: Path = typer.Argument(..., help="Dataset (.npz or .json)."),
+    exact: bool = typer.Option(None, "--exact/--float",
+                               help="Rational arithmetic (default: when the model is exact)."),
+    tol: float = typer.Option(1e-10, help="Float mode: largest relative error that passes."),
+):
+    """Re-run MODEL on DATA and check every sequence; exit 1 if not exact."""
+    import exactformer
+    from ..model import Transformer
+
+    model = Transformer.load(model_path)
+    dataset = load_dataset(data)
+    t0 = time.perf_counter()
+    report = exactformer.verify(model, dataset, exact=exact, tol=tol)
+    console.print(report.summary(), highlight=False)
+    console.print(f"checked in {time.perf_counter() - t0:.2f} s", style="dim")
+    if not report.passed:
+        bad = np.flatnonzero(~(report.prefix_ok & report.set_ok))
+        console.print(f"wrong sequences: {bad[:20].tolist()}{' …' if len(bad) > 20 else ''}")
+        raise typer.Exit(1)
+
+
+def _runs(kinds: list[str]) -> list[tuple[int, int, str]]:
+    """Collapse consecutive equal block kinds into (first, last, kind) runs."""
+    runs: list[tuple[int, int, str]] = []
+    for i, k in enumerate(kinds):
+        if runs and runs[-1][2] == k:
+            runs[-1] = (runs[-1][0], i, k)
+        else:
+            runs.append((i, i, k))
+    return runs
+
+
+@app.command("info")
+@user_errors
+def info_cmd(model_path: Path = typer.Argument(..., metavar="MODEL")):
+    """Metadata, size and the role of every block of MODEL."""
+    from ..model import Transformer
+
+    model = Transformer.load(model_path)
+    t = Table(title=str(model_path), show_header=False, title_justify="left")
+    t.add_column(style="bold")
+    t.add_column()
+    t.add_row("format", "exactformer/1" + (" (with rational weights)" if model.exact else ""))
+    t.add_row("attention", model.attention)
+    if model.attention == "softmax":
+        t.add_row("temperature τ", repr(model.temperature))
+    t.add_row("d", str(model.d))
+    t.add_row("blocks", str(model.n_blocks))
+    t.add_row("FF width / attention rank", f"{model.width} / {model.rank}")
+    t.add_row("parameters", f"{model.n_params:,}")
+    for key, value in model.info.items():
+        t.add_row(key, str(value))
+    console.print(t)
+    blocks = Table(title="blocks", title_justify="left")
+    for col in ("blocks", "kind", "FF width", "attention rank"):
+        blocks.add_column(col)
+    for first, last, kind in _runs([b.kind or "-" for b in model.blocks]):
+        b = model.blocks[first]
+        blocks.add_row(f"{first}" if first == last else f"{first}–{last}", kind,
+                       "-" if b.ff is None else str(b.ff.width),
+                       "-" if b.sa is None else str(b.sa.rank))
+    console.print(blocks)
+
+
+@app.command("run")
+@user_errors
+def run_cmd(
+    model_path: Path = typer.Argument(..., metavar="MODEL"),
+    data: Path = typer.Argument(..., help="Inputs (.npz or .json); targets are not needed."),
+    out: Path = typer.Option(..., "-o", "--out", help="Where to write the outputs (.npz/.json)."),
+):
+    """Run MODEL on every input sequence of DATA and write the outputs (full length)."""
+    from ..model import Transformer
+    from ..numeric import to_float
+
+    model = Transformer.load(model_path)
+    dataset = load_dataset(data, require_targets=False)
+    if dataset.d != model.d:
+        fail(f"{data}: tokens have d = {dataset.d} but the model works on d = {model.d}")
+    outputs = [to_float(y) for y in model.run(dataset.inputs)]
+    save_dataset(Dataset(dataset.inputs, outputs), out)
+    console.print(f"wrote the outputs of {len(outputs)} sequences to {out}")
+
+
+@app.command("demo")
+@user_errors
+def demo_cmd(
+    out: Path = typer.Option(Path("exactformer-demo"), "--out", help="Directory for the files."),
+    attention: str = typer.Option("hardmax", help="hardmax or softmax."),
+):
+    """Compile the embedded 3-sequence dataset in exact mode and draw its trajectories."""
+    import exactformer
+    from ..demo import demo_dataset
+    from ..figures import plot_trajectories
+
+    dataset = demo_dataset()
+    t0 = time.perf_counter()
+    model = exactformer.compile(dataset, attention=attention, exact=attention == "hardmax",
+                                verify=False)
+    report = exactformer.verify(model, dataset)
+    seconds = time.perf_counter() - t0
+    console.print("[bold]exactformer demo[/]: 3 sequences in R², target lengths 1, 1, 2 — a "
+                  "split (sequences 0 and 2 share their mean), a satellite (sequence 2's second "
+                  "read-out) and a shared target (1, 0).")
+    console.print(_summary(model, dataset, report, seconds, "compiled the demo dataset"))
+    if not report.passed:
+        fail(f"the demo model failed verification ({report.summary()})", 1)
+    out.mkdir(parents=True, exist_ok=True)
+    save_dataset(dataset, out / "demo.json")
+    model.save(out / "demo.safetensors")
+    figs = plot_trajectories(model, dataset, out)
+    outputs = model.run([np.asarray(x) for x in dataset.inputs])
+    for j, (x, y) in enumerate(zip(dataset.inputs, outputs)):
+        m = len(dataset.targets[j])
+        shown = ", ".join(f"({float(a):g}, {float(b):g})" for a, b in y[:m])
+        console.print(f"  sequence {j}: {len(x)} tokens → read-out {shown}", highlight=False)
+    console.print("wrote " + ", ".join(str(p) for p in [out / "demo.json",
+                                                         out / "demo.safetensors", *figs]))
+    console.print(f"try: exactformer verify {out / 'demo.safetensors'} {out / 'demo.json'}")
+
+

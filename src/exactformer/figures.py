@@ -1,0 +1,104 @@
+"""Figures of token trajectories through a compiled model (matplotlib, Agg backend)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from . import numeric as nm
+from .dataset import Dataset, write_atomic
+from .model import Transformer
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def trajectory_states(model: Transformer, dataset: Dataset):
+    """Token states (float64, concatenated) after every layer, with labels."""
+    trace: list = []
+    model.run(dataset.inputs if not model.exact else [nm.to_exact(x) for x in dataset.inputs],
+              trace=trace)
+    return [(label, nm.to_float(X)) for label, X in trace]
+
+
+def _stage_index(model: Transformer, states, word: str) -> int:
+    """Index in ``states`` of the state right after the last layer whose block kind has ``word``."""
+    idx = 0
+    for i, (label, _) in enumerate(states):
+        if label == "input":
+            continue
+        block = int(label.split()[1])
+        layer = label.split()[2]
+        kind = model.blocks[block].kind
+        if word in kind and (layer == "sa" or model.blocks[block].sa is None):
+            idx = i
+    return idx
+
+
+def plot_trajectories(model: Transformer, dataset: Dataset, out_dir) -> list[Path]:
+    """Write ``trajectories.png`` (four panels) and ``paths.png`` (every token's path).
+
+    Panels: the input, after separation (broadcast and splits), after the collapse, and
+    the output lying on the targets. Only the first two coordinates are drawn.
+    """
+    plt = _pyplot()
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    states = trajectory_states(model, dataset)
+    seq = np.repeat(np.arange(dataset.n_sequences), dataset.input_lengths)
+    colors = plt.get_cmap("tab10")(np.arange(dataset.n_sequences) % 10)
+    targets = np.concatenate(dataset.targets)
+    panels = [
+        ("input", 0),
+        ("after separation", _stage_index(model, states, "broadcast")),
+        ("after collapse", _stage_index(model, states, "collapse")),
+        ("output on the targets", len(states) - 1),
+    ]
+    fig, axes = plt.subplots(1, 4, figsize=(16, 4.2))
+    for ax, (title, i) in zip(axes, panels):
+        X = states[i][1]
+        for j in range(dataset.n_sequences):
+            pts = X[seq == j]  # shrinking markers keep coinciding tokens visible
+            ax.scatter(pts[:, 0], pts[:, 1], s=max(160 - 45 * j, 25), color=colors[j],
+                       marker="os^Dv<>ph*"[j % 10], alpha=0.85, edgecolor="k",
+                       label=f"sequence {j}")
+        if title.startswith("output"):
+            ax.scatter(targets[:, 0], targets[:, 1], s=220, marker="*", facecolor="none",
+                       edgecolor="crimson", linewidth=1.5, label="targets")
+        ax.set_title(f"{title}\n({states[i][0]})", fontsize=10)
+        ax.set_xlabel("x₁")
+        ax.set_ylabel("x₂")
+        ax.grid(alpha=0.3)
+    axes[-1].legend(fontsize=8, loc="best")
+    fig.suptitle(f"Token trajectories through the compiled model ({model.n_blocks} blocks)")
+    fig.tight_layout()
+    paths = [out_dir / "trajectories.png"]
+    write_atomic(paths[0], lambda tmp: fig.savefig(tmp, dpi=110, format="png"))
+    plt.close(fig)
+
+    fig, ax = plt.subplots(figsize=(7, 6))
+    stack = np.stack([X for _, X in states])  # (layers, T, d)
+    for t in range(stack.shape[1]):
+        ax.plot(stack[:, t, 0], stack[:, t, 1], "-", color=colors[seq[t]], alpha=0.5, lw=1)
+        ax.scatter(stack[0, t, 0], stack[0, t, 1], color=colors[seq[t]], s=40, edgecolor="k")
+    ax.scatter(targets[:, 0], targets[:, 1], s=220, marker="*", color="crimson",
+               label="targets", zorder=5)
+    ax.set_xscale("symlog")
+    ax.set_yscale("symlog")
+    ax.set_xlabel("x₁ (symlog)")
+    ax.set_ylabel("x₂ (symlog)")
+    ax.set_title("Every token's path through all layers (dots: inputs)")
+    ax.legend()
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    paths.append(out_dir / "paths.png")
+    write_atomic(paths[1], lambda tmp: fig.savefig(tmp, dpi=110, format="png"))
+    plt.close(fig)
+    return paths
