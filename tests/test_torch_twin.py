@@ -306,6 +306,9 @@ def test_compiled_models_float64_equal_numpy(attention, compact, seed, tmp_path)
     assert rel_error(ds.targets, readout(out, ds)) <= 1e-10
     tm.save(tmp_path / "b.safetensors")
     assert_same_file(tmp_path / "m.safetensors", tmp_path / "b.safetensors")
+    # float32 on a model this small: ~1e-5 measured (README: larger models break)
+    out32 = torch_outputs(tm.to(torch.float32), ds.inputs)
+    assert rel_error(ds.targets, readout(out32, ds)) <= 1e-4
 
 
 def test_compiled_exact_model_round_trips_with_its_proof(tmp_path):
