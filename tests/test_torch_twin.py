@@ -186,6 +186,11 @@ def test_hardmax_surrogate_is_differentiable_and_tends_to_hardmax():
     tm.run(seqs)[0].pow(2).sum().backward()
     grads = [b.sa.Q.grad for b in tm.blocks if b.sa is not None and b.sa.rank > 0]
     assert grads and any(g is not None and g.abs().sum() > 0 for g in grads)
+    # softmax models keep their own temperature: the surrogate only stands in for hardmax
+    sm = TorchTransformer.from_model(random_model(21, n_blocks=4, attention="softmax"))
+    plain = sm.run(seqs)[0].detach()
+    with sm.surrogate(1e-6):
+        assert torch.equal(sm.run(seqs)[0].detach(), plain)
 
 
 # -- files -----------------------------------------------------------------------------------

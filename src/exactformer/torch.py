@@ -105,7 +105,7 @@ class TorchSelfAttention(nn.Module):
             top = scores.amax(dim=2, keepdim=True)
             P = ((scores == top) & keep).to(X.dtype)
             return P / P.sum(dim=2, keepdim=True).clamp(min=1)
-        tau = temperature if surrogate is None else surrogate
+        tau = surrogate if attention == "hardmax" else temperature  # τ of the file otherwise
         # a sequence with no real key at all (empty) would give NaN rows: make them 0
         empty = ~keep.any(dim=2, keepdim=True)
         if bool(empty.any()):
