@@ -55,10 +55,6 @@ def main() -> None:
         sys.exit(0)
 
 
-if __name__ == "__main__":
-    main()
-
-
 from .commands import register_all  # noqa: E402  (commands import `app` from this module)
 
 register_all()

@@ -24,7 +24,7 @@ from .leaders import check_collapsed, collapse, place_leaders, plan_destinations
 from .separate import shift_and_separate
 from .split import split_classes
 from .state import ModelBuilder, TokenState
-from .validate import analyse
+from .validate import analyse, check_float_separable
 
 __all__ = ["compile", "paper_bound", "strict_bound"]
 
@@ -58,6 +58,8 @@ def compile(dataset: Dataset, attention: str = "hardmax", compact: bool = False,
     rng = np.random.default_rng(seed)
 
     analysis = analyse(dataset)  # validate: ids, groups, DESIGN.md §3
+    if not exact:
+        check_float_separable(dataset, analysis)
     X = np.concatenate(dataset.inputs)
     state = TokenState(nm.to_exact(X) if exact else X.astype(np.float64, copy=True),
                        analysis.seq, analysis.value, analysis.segments, exact, dataset.scale)

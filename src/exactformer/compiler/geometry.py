@@ -33,6 +33,18 @@ def close_pairs(points: np.ndarray, delta: float, rng: np.random.Generator) -> n
     return pairs
 
 
+def exact_duplicates(points: np.ndarray) -> np.ndarray:
+    """Pairs ``(i, j)``, i < j, of exactly equal rows (exact mode: distinct means unequal)."""
+    seen: dict = {}
+    pairs = []
+    for i, row in enumerate(map(tuple, points)):
+        if row in seen:
+            pairs.append((seen[row], i))
+        else:
+            seen[row] = i
+    return np.array(pairs, dtype=np.int64).reshape(-1, 2)
+
+
 def representatives(ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """(unique ids, index of the first token carrying each)."""
     uniq, first = np.unique(ids, return_index=True)
@@ -75,6 +87,8 @@ def find_trapezoid(X: np.ndarray, mine: np.ndarray, v: np.ndarray,
     g = min(gaps)
     spread = float(max(above.max() if len(above) else hi, hi) - min(below.min() if len(below)
                                                                     else lo, lo))
+    if nm.is_exact(t):  # any positive gap is a proof in rationals
+        return Trapezoid(v, (lo + hi) / 2, g, len(above) == 0) if g > 0 else None
     if float(g) < min_ratio * spread or float(hi - lo) * 20 > float(g):
         return None
     return Trapezoid(v, (lo + hi) / 2, g, len(above) == 0)

@@ -14,7 +14,13 @@ from scipy.sparse.csgraph import connected_components
 from .. import numeric as nm
 from ..craft import broadcast, translate
 from ..errors import CompileError
-from .geometry import close_pairs, generic_positive, representatives, scalar_clusters
+from .geometry import (
+    close_pairs,
+    exact_duplicates,
+    generic_positive,
+    representatives,
+    scalar_clusters,
+)
 from .state import ModelBuilder, TokenState
 
 CLASS_TOL = 1e-9  # broadcast scalars this close (× scale) count as equal
@@ -31,13 +37,13 @@ def shift_and_separate(builder: ModelBuilder, rng: np.random.Generator) -> None:
     broadcast_and_classify(builder, rng)
 
 
-def _classes(st: TokenState, scalars: np.ndarray, scale: float) -> np.ndarray:
+def _classes(st: TokenState, scalars: np.ndarray, tol) -> np.ndarray:
     """Sequences sharing a point and (almost) the same broadcast scalar form one class.
 
     Classes only split: the old class is part of the key, so this refines ``st.cls``.
     """
     N = st.n_sequences
-    clusters = scalar_clusters(scalars, CLASS_TOL * scale)
+    clusters = scalar_clusters(scalars, tol)
     key = np.stack([st.cls[st.seq], clusters[st.seq], st.value], axis=1)
     _, node = np.unique(key, axis=0, return_inverse=True)
     node = node.ravel()
@@ -65,27 +71,29 @@ def broadcast_and_classify(builder: ModelBuilder, rng: np.random.Generator,
     """
     st = builder.state
     d = st.d
+    counts = np.diff(st.segments)
     for _ in range(tries):
         u = generic_positive(rng, d, st.exact)
         e = generic_positive(rng, d, st.exact)
-        Xf = st.floats()
-        means = np.add.reduceat(Xf, st.segments[:-1], axis=0) / np.diff(st.segments)[:, None]
-        mu = means @ nm.to_float(u)
-        c = float(st.scale) / max(float(np.max(np.abs(mu))) * float(np.linalg.norm(nm.to_float(e))),
-                                  1e-300)
+        means = np.add.reduceat(st.X, st.segments[:-1], axis=0) * nm.reciprocal_counts(
+            counts, st.exact)[:, None]
+        mu = means @ u
+        c = st.scale / max(nm.max_abs(mu) * nm.norm(e), 1e-300)
         c = Fraction(c).limit_denominator(1 << 20) if st.exact else c
         layer = broadcast(c, e, u)
         X_new = layer(st.X, st.segments)
-        scalars = float(c) * mu
         scale = max(nm.max_abs(X_new), st.scale)
-        cls = _classes(st, scalars, scale)
+        # exact mode: equal means are exactly equal, and distinct points exactly distinct
+        cls = _classes(st, c * mu, 0 if st.exact else CLASS_TOL * scale)
         saved = st.cls
         st.cls = cls
         pid = st.point_ids()
         st.cls = saved
         _, first = representatives(pid)
-        Xn = nm.to_float(X_new) if st.exact else X_new
-        pairs = close_pairs(Xn[first], DISTINCT_TOL * scale, rng)
+        if st.exact:
+            pairs = exact_duplicates(X_new[first])
+        else:
+            pairs = close_pairs(X_new[first], DISTINCT_TOL * scale, rng)
         same_value = st.value[first[pairs[:, 0]]] == st.value[first[pairs[:, 1]]]
         if np.all(same_value):
             if len(pairs):

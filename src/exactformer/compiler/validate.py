@@ -11,7 +11,10 @@ from math import gcd
 import numpy as np
 
 from ..dataset import Dataset
-from ..errors import InfeasibleError
+from ..errors import DatasetError, InfeasibleError
+from .geometry import close_pairs
+
+NEAR_TOL = 1e-7  # float mode: distinct input values must be this far apart (× scale)
 
 
 @dataclass
@@ -34,6 +37,12 @@ def _vec(x) -> str:
     x = np.asarray(x, dtype=np.float64)
     body = ", ".join(f"{v:.6g}" for v in x[:4])
     return f"({body}{', …' if len(x) > 4 else ''})"
+
+
+def _set(a: "Analysis", ids) -> str:
+    ids = sorted(ids)
+    body = ", ".join(_vec(a.targets[i]) for i in ids[:3])
+    return "{" + body + (f", … {len(ids)} in all" if len(ids) > 3 else "") + "}"
 
 
 def analyse(dataset: Dataset) -> Analysis:
@@ -97,7 +106,28 @@ def _check_feasible(dataset: Dataset, a: Analysis) -> None:
         if prev[1] != s:
             raise InfeasibleError(
                 f"sequences {prev[0]} and {j} hold the same tokens in the same proportions but "
-                f"have different target sets ({len(prev[1])} vs {len(s)} distinct targets): "
+                f"have different target sets ({_set(a, prev[1])} vs {_set(a, s)}): "
                 "attention sees only the distribution, so their outputs are one set "
                 "(DESIGN.md §3, rule ii)"
             )
+
+
+def check_float_separable(dataset: Dataset, a: Analysis) -> None:
+    """Float mode: distinct input values closer than 1e-7 × scale cannot be told apart robustly.
+
+    DESIGN.md §4 separates distinct points by at least 1e-7 × scale before it moves them;
+    two input values nearer than that (e.g. one ulp apart) would need layers with
+    weights ~ scale/gap, where rounding swamps the result. Exact mode has no such limit.
+    """
+    X = np.concatenate(dataset.inputs)
+    _, first = np.unique(a.value, return_index=True)
+    pairs = close_pairs(X[first], NEAR_TOL * dataset.scale, np.random.default_rng(0))
+    if len(pairs):
+        i, k = first[pairs[0]]
+        gap = float(np.linalg.norm(X[i] - X[k])) / dataset.scale
+        where = lambda t: f"token {t - a.segments[a.seq[t]]} of sequence {a.seq[t]}"  # noqa: E731
+        raise DatasetError(
+            f"{where(i)} and {where(k)} are distinct but only {gap:.2g} × scale apart "
+            f"(< {NEAR_TOL:g}): too close for a float64 construction; compile with --exact, "
+            "or make them equal"
+        )

@@ -1,0 +1,5 @@
+"""``python -m exactformer`` runs the command line."""
+
+from .cli import main
+
+main()
