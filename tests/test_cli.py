@@ -1,0 +1,167 @@
+"""The command line as a user runs it: subprocesses, exit codes, one-line errors, files."""
+
+import json
+
+import numpy as np
+import pytest
+from conftest import run_cli
+
+from exactformer import Dataset, Transformer, save_dataset
+
+
+@pytest.fixture
+def data_file(tmp_path, rng):
+    xs = [rng.standard_normal((int(n), 3)) for n in rng.integers(2, 8, size=12)]
+    ys = [rng.standard_normal((1 + j % 2, 3)) for j in range(12)]
+    path = tmp_path / "data.npz"
+    save_dataset(Dataset.from_sequences(xs, ys), path)
+    return path
+
+
+def one_error_line(proc):
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: "), proc.stderr
+    assert "Traceback" not in proc.stderr + proc.stdout
+    return lines[0]
+
+
+@pytest.mark.parametrize("flags", [[], ["--compact"], ["--exact"]])
+def test_compile_verify_info_run(tmp_path, data_file, flags):
+    model = tmp_path / "m.safetensors"
+    proc = run_cli("compile", data_file, "-o", model, *flags)
+    assert proc.returncode == 0, proc.stderr
+    assert "PASS" in proc.stdout and "paper" in proc.stdout
+    proc = run_cli("verify", model, data_file)
+    assert proc.returncode == 0 and "PASS" in proc.stdout
+    if "--exact" in flags:
+        assert "exact rational" in proc.stdout and "max abs error 0," in proc.stdout
+    proc = run_cli("info", model)
+    assert proc.returncode == 0
+    for word in ("translate", "broadcast", "collapse", "snap", "parameters"):
+        assert word in proc.stdout
+    out = tmp_path / "out.npz"
+    proc = run_cli("run", model, data_file, "-o", out)
+    assert proc.returncode == 0, proc.stderr
+    with np.load(out) as z:
+        assert z["outputs"].shape == z["inputs"].shape
+        with np.load(data_file) as ref:
+            first = z["outputs"][0]
+            np.testing.assert_allclose(first, ref["outputs"][0], atol=1e-12)
+
+
+def test_verify_fails_on_a_tampered_model(tmp_path, data_file):
+    model = tmp_path / "m.safetensors"
+    assert run_cli("compile", data_file, "-o", model, "-q").returncode == 0
+    m = Transformer.load(model)
+    last = m.blocks[-1].ff
+    last.W = last.W * 1.001
+    m.save(tmp_path / "bad.safetensors")
+    proc = run_cli("verify", tmp_path / "bad.safetensors", data_file)
+    assert proc.returncode == 1 and "FAIL" in proc.stdout
+
+
+def test_verify_against_other_data_fails(tmp_path, data_file, rng):
+    model = tmp_path / "m.safetensors"
+    assert run_cli("compile", data_file, "-o", model, "-q").returncode == 0
+    other = tmp_path / "other.json"
+    other.write_text(json.dumps({"inputs": [rng.standard_normal((3, 3)).tolist()],
+                                 "outputs": [rng.standard_normal((1, 3)).tolist()]}))
+    assert run_cli("verify", model, other).returncode == 1
+
+
+def _npz(path, **arrays):
+    np.savez(path, **arrays)
+    return path
+
+
+BAD_DATA = {
+    "missing.npz": None,
+    "nan.npz": dict(inputs=np.array([[np.nan, 1.0], [1, 2]]), input_lengths=np.array([2]),
+                    outputs=np.array([[1.0, 2]]), output_lengths=np.array([1])),
+    "inf_target.npz": dict(inputs=np.ones((2, 2)), input_lengths=np.array([2]),
+                           outputs=np.array([[np.inf, 2]]), output_lengths=np.array([1])),
+    "lengths.npz": dict(inputs=np.zeros((3, 2)), input_lengths=np.array([2]),
+                        outputs=np.array([[1.0, 2]]), output_lengths=np.array([1])),
+    "d1.npz": dict(inputs=np.zeros((3, 1)), input_lengths=np.array([3]),
+                   outputs=np.array([[1.0]]), output_lengths=np.array([1])),
+    "m0.npz": dict(inputs=np.ones((3, 2)), input_lengths=np.array([3]),
+                   outputs=np.zeros((0, 2)), output_lengths=np.array([0])),
+    "m_gt_n.npz": dict(inputs=np.ones((1, 2)), input_lengths=np.array([1]),
+                       outputs=np.zeros((2, 2)), output_lengths=np.array([2])),
+    "keys.npz": dict(foo=np.ones(2)),
+    "shape.npz": dict(inputs=np.ones(4), input_lengths=np.array([4]),
+                      outputs=np.ones((1, 2)), output_lengths=np.array([1])),
+}
+
+
+@pytest.mark.parametrize("name", sorted(BAD_DATA))
+def test_bad_npz_is_exit_2_one_line(tmp_path, name):
+    path = tmp_path / name
+    if BAD_DATA[name] is not None:
+        _npz(path, **BAD_DATA[name])
+    out = tmp_path / "m.safetensors"
+    line = one_error_line(run_cli("compile", path, "-o", out))
+    assert not out.exists()
+    assert name.split(".")[0].split("_")[0] in line or "sequence" in line or "missing" in line
+
+
+@pytest.mark.parametrize("payload, words", [
+    ({"inputs": [[[1, 2], [3, 4]], [[3, 4], [1, 2]]], "outputs": [[[0, 0]], [[1, 1]]]},
+     ["sequences 0 and 1", "rule ii"]),
+    ({"inputs": [[[1, 2], [3, 4]], [[3, 4], [1, 2]]], "outputs": [[[0, 0], [1, 1]],
+                                                                  [[0, 0], [1, 1]]]},
+     ["sequences 0 and 1", "rule i"]),
+    ({"inputs": [[[1, 2], [1, 2]]], "outputs": [[[0, 0], [1, 1]]]}, ["sequence 0", "rule i"]),
+    ({"inputs": [[[1, 2]], [[1, 2, 3]]], "outputs": [[[0, 0]], [[1, 1, 1]]]}, ["sequence 1"]),
+    ({"inputs": "nope", "outputs": []}, ["list of sequences"]),
+])
+def test_infeasible_and_malformed_json(tmp_path, payload, words):
+    path = tmp_path / "d.json"
+    path.write_text(json.dumps(payload))
+    out = tmp_path / "m.safetensors"
+    line = one_error_line(run_cli("compile", path, "-o", out))
+    for w in words:
+        assert w in line
+    assert not out.exists()
+
+
+def test_corrupt_and_foreign_model_files(tmp_path, data_file):
+    garbage = tmp_path / "g.safetensors"
+    garbage.write_bytes(b"\x00\x01garbage")
+    from safetensors.numpy import save_file
+
+    foreign = tmp_path / "foreign.safetensors"
+    save_file({"weight": np.zeros((2, 2))}, str(foreign), metadata={"format": "pt"})
+    for path in (garbage, foreign, tmp_path / "absent.safetensors"):
+        one_error_line(run_cli("info", path))
+        one_error_line(run_cli("verify", path, data_file))
+        one_error_line(run_cli("run", path, data_file, "-o", tmp_path / "o.npz"))
+    assert not (tmp_path / "o.npz").exists()
+
+
+def test_dimension_mismatch_is_bad_input(tmp_path, data_file):
+    model = tmp_path / "m.safetensors"
+    assert run_cli("compile", data_file, "-o", model, "-q").returncode == 0
+    other = tmp_path / "d2.json"
+    other.write_text(json.dumps({"inputs": [[[1, 2]]], "outputs": [[[0, 0]]]}))
+    one_error_line(run_cli("verify", model, other))
+    one_error_line(run_cli("run", model, other, "-o", tmp_path / "o.npz"))
+
+
+def test_demo(tmp_path):
+    proc = run_cli("demo", "--out", tmp_path / "demo")
+    assert proc.returncode == 0, proc.stderr
+    assert "PASS" in proc.stdout and "exact rational" in proc.stdout
+    assert "0 abs, 0 rel" in proc.stdout
+    for name in ("trajectories.png", "paths.png", "demo.safetensors", "demo.json"):
+        assert (tmp_path / "demo" / name).stat().st_size > 0
+    # the written model is exact and re-verifies
+    proc = run_cli("verify", tmp_path / "demo" / "demo.safetensors", tmp_path / "demo" / "demo.json")
+    assert proc.returncode == 0 and "max abs error 0," in proc.stdout
+
+
+def test_help_everywhere():
+    for cmd in ([], ["compile"], ["verify"], ["info"], ["run"], ["demo"]):
+        proc = run_cli(*cmd, "--help")
+        assert proc.returncode == 0 and "Usage" in proc.stdout
