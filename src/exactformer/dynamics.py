@@ -149,8 +149,9 @@ class Trajectory:
     """A simulated run.
 
     ``states[k]`` is the configuration after ``k`` layers (``states[0]`` the input);
-    ``steps`` the number of layers until the largest per-token move fell below
-    ``tol × scale`` (``scale`` = largest initial token norm), or ``max_steps`` if it never did.
+    ``steps`` the number of layers after which the configuration is stationary: layer
+    ``steps + 1`` moves no token by more than ``tol × scale`` (``scale`` = largest initial
+    token norm); ``max_steps`` if that never happened (``converged`` False).
     """
 
     states: np.ndarray
@@ -207,7 +208,8 @@ def simulate(
         moves.append(move)
         Z = Z_new
         if not converged and move <= tol * scale:
-            converged, steps = True, k
+            # layer k changed nothing: the configuration was stationary after k - 1 layers
+            converged, steps = True, k - 1
         if converged and k >= min_steps:
             break
     return Trajectory(

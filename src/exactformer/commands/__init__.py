@@ -8,6 +8,7 @@ import importlib
 
 MODULES = [
     "core",
+    "experiments_dynamics",
 ]
 
 
