@@ -4,8 +4,8 @@ import json
 
 import numpy as np
 import pytest
-from conftest import run_cli
 
+from conftest import run_cli
 from exactformer import Dataset, Transformer, save_dataset
 
 
@@ -157,7 +157,8 @@ def test_demo(tmp_path):
     for name in ("trajectories.png", "paths.png", "demo.safetensors", "demo.json"):
         assert (tmp_path / "demo" / name).stat().st_size > 0
     # the written model is exact and re-verifies
-    proc = run_cli("verify", tmp_path / "demo" / "demo.safetensors", tmp_path / "demo" / "demo.json")
+    demo = tmp_path / "demo"
+    proc = run_cli("verify", demo / "demo.safetensors", demo / "demo.json")
     assert proc.returncode == 0 and "max abs error 0," in proc.stdout
 
 

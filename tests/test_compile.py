@@ -2,11 +2,11 @@
 
 import numpy as np
 import pytest
-from conftest import near_duplicates, random_dataset, reference_feasible
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import exactformer as ef
+from conftest import near_duplicates, random_dataset, reference_feasible
 from exactformer import Dataset, DatasetError, InfeasibleError
 from exactformer.compiler import paper_bound, strict_bound
 

@@ -61,7 +61,7 @@ class Dataset:
 
     @property
     def scale(self) -> float:
-        """Largest absolute value in inputs and targets (1 if all are zero): errors are relative to it."""
+        """Largest absolute value of inputs and targets (1 if all zero): the error scale."""
         m = max(
             max((float(np.max(np.abs(x))) for x in self.inputs if x.size), default=0.0),
             max((float(np.max(np.abs(y))) for y in self.targets if y.size), default=0.0),
@@ -85,14 +85,16 @@ class Dataset:
         d = self.inputs[0].shape[1]
         for j, x in enumerate(self.inputs):
             if x.shape[1] != d:
-                raise DatasetError(f"sequence {j}: input tokens have dimension {x.shape[1]}, not {d}")
+                raise DatasetError(
+                    f"sequence {j}: input tokens have dimension {x.shape[1]}, not {d}"
+                )
             if len(x) == 0:
                 raise DatasetError(f"sequence {j}: the input sequence is empty")
             if not np.all(np.isfinite(x)):
                 raise DatasetError(f"sequence {j}: the input contains NaN or inf")
 
     def check(self) -> None:
-        """Raise :class:`DatasetError` on the first broken basic rule (d ≥ 2, finite, 1 ≤ m ≤ n)."""
+        """Raise :class:`DatasetError` on the first broken rule (d ≥ 2, finite, 1 ≤ m ≤ n)."""
         if len(self.inputs) == 0:
             raise DatasetError("the dataset has no sequences")
         if len(self.inputs) != len(self.targets):
@@ -104,7 +106,9 @@ class Dataset:
             raise DatasetError(f"tokens have dimension d = {d}; the construction needs d >= 2")
         for j, (x, y) in enumerate(zip(self.inputs, self.targets)):
             if x.shape[1] != d:
-                raise DatasetError(f"sequence {j}: input tokens have dimension {x.shape[1]}, not {d}")
+                raise DatasetError(
+                    f"sequence {j}: input tokens have dimension {x.shape[1]}, not {d}"
+                )
             if y.shape[1] != d:
                 raise DatasetError(
                     f"sequence {j}: target tokens have dimension {y.shape[1]}, not {d}"
@@ -241,6 +245,14 @@ def load_dataset(path, require_targets: bool = True) -> Dataset:
         raise DatasetError(f"{path}: no such file")
     if path.is_dir():
         raise DatasetError(f"{path}: is a directory, not a dataset file")
+    try:
+        return _load(path, require_targets)
+    except DatasetError as exc:
+        msg = str(exc)
+        raise DatasetError(msg if msg.startswith(str(path)) else f"{path}: {msg}") from None
+
+
+def _load(path: Path, require_targets: bool) -> Dataset:
     suffix = path.suffix.lower()
     if suffix == ".json":
         ds = _from_json(path, require_targets)

@@ -23,6 +23,8 @@ def _pyplot():
 def trajectory_states(model: Transformer, dataset: Dataset):
     """Token states (float64, concatenated) after every layer, with labels."""
     trace: list = []
+    if model.exact and model.attention == "softmax":  # exp has no rational forward pass
+        model = model.as_float()
     model.run(dataset.inputs if not model.exact else [nm.to_exact(x) for x in dataset.inputs],
               trace=trace)
     return [(label, nm.to_float(X)) for label, X in trace]
@@ -102,3 +104,47 @@ def plot_trajectories(model: Transformer, dataset: Dataset, out_dir) -> list[Pat
     write_atomic(paths[1], lambda tmp: fig.savefig(tmp, dpi=110, format="png"))
     plt.close(fig)
     return paths
+
+
+def plot_collapse_contrast(hardmax: Transformer, softmax: Transformer, dataset: Dataset,
+                           out_dir) -> Path:
+    """``collapse_contrast.png``: hardmax tokens land *on* their leader, softmax within ε.
+
+    Both models come from the same seed, so every layer before the collapse is identical and
+    the hardmax collapse output is each token's destination.
+    """
+    plt = _pyplot()
+    states = {}
+    for name, model in (("hardmax", hardmax), ("softmax", softmax)):
+        st = trajectory_states(model, dataset)
+        states[name] = st[_stage_index(model, st, "collapse")][1]
+    dist = np.linalg.norm(states["softmax"] - states["hardmax"], axis=1)
+    scale = max(float(np.max(np.abs(states["hardmax"]))), 1e-300)
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4.5))
+    seq = np.repeat(np.arange(dataset.n_sequences), dataset.input_lengths)
+    colors = plt.get_cmap("tab10")(seq % 10)
+    ax = axes[0]
+    h, s = states["hardmax"], states["softmax"]
+    ax.scatter(h[:, 0], h[:, 1], s=220, facecolor="none", edgecolor="k",
+               label="hardmax (on the leader)")
+    ax.scatter(s[:, 0], s[:, 1], s=40, c=colors, label="softmax (within ε)")
+    ax.set_title("after the collapse (first two coordinates)")
+    ax.set_xlabel("x₁")
+    ax.set_ylabel("x₂")
+    ax.legend(fontsize=8)
+    ax.grid(alpha=0.3)
+    ax = axes[1]
+    rel = np.maximum(dist / scale, 1e-18)
+    ax.bar(np.arange(len(rel)), rel, color=colors)
+    ax.axhline(1e-16, color="gray", ls=":", label="float64 rounding")
+    ax.set_yscale("log")
+    ax.set_xlabel("token (coloured by sequence)")
+    ax.set_ylabel("|softmax − hardmax| / scale")
+    ax.set_title(f"softmax collapse error, τ = {softmax.temperature:.3g}; hardmax: 0")
+    ax.legend(fontsize=8)
+    ax.grid(alpha=0.3, which="both")
+    fig.tight_layout()
+    path = Path(out_dir) / "collapse_contrast.png"
+    write_atomic(path, lambda tmp: fig.savefig(tmp, dpi=110, format="png"))
+    plt.close(fig)
+    return path

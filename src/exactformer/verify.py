@@ -35,6 +35,8 @@ class Report:
     min_margin: float  # smallest relative score margin over attention layers (inf if none)
     layer_margins: list = field(default_factory=list)  # (block, margin) per attention layer
     tol: float = DEFAULT_TOL
+    certificate: str | None = None  # softmax exact mode: what the ball-arithmetic proof says
+    leaks: list = field(default_factory=list)  # softmax: (block, largest weight off argmax)
 
     @property
     def passed(self) -> bool:
@@ -42,6 +44,8 @@ class Report:
 
     def summary(self) -> str:
         kind = "exact rational" if self.exact else "float64"
+        if self.certificate is not None:
+            kind = "certified in ball arithmetic"
         status = "PASS" if self.passed else "FAIL"
         bad = int(np.count_nonzero(~(self.prefix_ok & self.set_ok)))
         return (f"{status} ({kind}): {self.n_sequences} sequences, {bad} wrong, max abs error "
@@ -62,6 +66,8 @@ def verify(model: Transformer, dataset: Dataset, exact: bool | None = None,
         raise DatasetError(f"the model works on d = {model.d} but the data has d = {dataset.d}")
     if exact is None:
         exact = model.exact
+    if exact and model.attention == "softmax":
+        return _certified(model, dataset)
     inputs = [nm.to_exact(x) for x in dataset.inputs] if exact else dataset.inputs
     stats: list = []
     outputs = model.run(inputs, stats=stats)
@@ -82,6 +88,7 @@ def verify(model: Transformer, dataset: Dataset, exact: bool | None = None,
     limit = 0.0 if exact else tol * scale
     err = np.maximum(prefix_err, set_err)
     margins = [(s["block"], s.get("margin", np.inf)) for s in stats]
+    leaks = [(s["block"], s["leak"]) for s in stats if "leak" in s]
     worst = int(np.argmax(err))
     return Report(
         n_sequences=N,
@@ -94,4 +101,17 @@ def verify(model: Transformer, dataset: Dataset, exact: bool | None = None,
         min_margin=min((m for _, m in margins), default=np.inf),
         layer_margins=margins,
         tol=0.0 if exact else tol,
+        leaks=leaks,
     )
+
+
+def _certified(model: Transformer, dataset: Dataset) -> Report:
+    """Softmax in exact mode: the ball-arithmetic certificate of :mod:`exactformer.certify`."""
+    from .certify import certify
+
+    cert = certify(model, dataset.inputs, dataset.targets)
+    N = dataset.n_sequences
+    ok = np.full(N, cert.passed)
+    err = 0.0 if cert.passed else float("inf")
+    return Report(N, True, err, err, 0, ok, ok.copy(), float("nan"), tol=0.0,
+                  certificate=cert.message)

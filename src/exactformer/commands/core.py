@@ -85,7 +85,9 @@ def compile_cmd(
     seconds = time.perf_counter() - t0
     if not report.passed:  # never write a wrong model
         fail(f"the compiled model failed verification, nothing written ({report.summary()})", 1)
-    model.info.update(max_rel_error=report.max_rel_error, min_margin=report.min_margin)
+    from ..compiler import record_verification
+
+    record_verification(model, dataset, report)
     model.save(out)
     if not quiet:
         console.print(_summary(model, dataset, report, seconds, f"compiled {data} → {out}"))
@@ -102,6 +104,7 @@ def verify_cmd(
 ):
     """Re-run MODEL on DATA and check every sequence; exit 1 if not exact."""
     import exactformer
+
     from ..model import Transformer
 
     model = Transformer.load(model_path)
@@ -109,6 +112,8 @@ def verify_cmd(
     t0 = time.perf_counter()
     report = exactformer.verify(model, dataset, exact=exact, tol=tol)
     console.print(report.summary(), highlight=False)
+    if report.certificate:
+        console.print(f"certificate: {report.certificate}", highlight=False)
     console.print(f"checked in {time.perf_counter() - t0:.2f} s", style="dim")
     if not report.passed:
         bad = np.flatnonzero(~(report.prefix_ok & report.set_ok))
@@ -146,7 +151,11 @@ def info_cmd(model_path: Path = typer.Argument(..., metavar="MODEL")):
     t.add_row("FF width / attention rank", f"{model.width} / {model.rank}")
     t.add_row("parameters", f"{model.n_params:,}")
     for key, value in model.info.items():
-        t.add_row(key, str(value))
+        if key == "softmax_off_argmax_weight":
+            for block, weight in value.items():
+                t.add_row(f"softmax layer {block}", f"worst weight off the argmax set {weight:.3g}")
+        else:
+            t.add_row(key, str(value))
     console.print(t)
     blocks = Table(title="blocks", title_justify="left")
     for col in ("blocks", "kind", "FF width", "attention rank"):
@@ -187,13 +196,15 @@ def demo_cmd(
 ):
     """Compile the embedded 3-sequence dataset in exact mode and draw its trajectories."""
     import exactformer
+
     from ..demo import demo_dataset
     from ..figures import plot_trajectories
 
     dataset = demo_dataset()
     t0 = time.perf_counter()
-    model = exactformer.compile(dataset, attention=attention, exact=attention == "hardmax",
-                                verify=False)
+    if attention not in ("hardmax", "softmax"):
+        fail(f"--attention must be hardmax or softmax, not {attention!r}")
+    model = exactformer.compile(dataset, attention=attention, exact=True)
     report = exactformer.verify(model, dataset)
     seconds = time.perf_counter() - t0
     console.print("[bold]exactformer demo[/]: 3 sequences in R², target lengths 1, 1, 2 — a "
@@ -206,7 +217,20 @@ def demo_cmd(
     save_dataset(dataset, out / "demo.json")
     model.save(out / "demo.safetensors")
     figs = plot_trajectories(model, dataset, out)
-    outputs = model.run([np.asarray(x) for x in dataset.inputs])
+    if attention == "softmax":
+        from ..figures import plot_collapse_contrast
+
+        hard = exactformer.compile(dataset, attention="hardmax")
+        figs.append(plot_collapse_contrast(hard, exactformer.compile(dataset, attention="softmax"),
+                                           dataset, out))
+    if report.certificate:
+        console.print(f"certificate: {report.certificate}")
+    if attention == "softmax":  # the certificate's exact outputs (exp has no rational forward)
+        from ..certify import certify
+
+        outputs = certify(model, dataset.inputs, dataset.targets).outputs
+    else:
+        outputs = model.run([np.asarray(x) for x in dataset.inputs])
     for j, (x, y) in enumerate(zip(dataset.inputs, outputs)):
         m = len(dataset.targets[j])
         shown = ", ".join(f"({float(a):g}, {float(b):g})" for a, b in y[:m])

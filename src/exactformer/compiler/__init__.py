@@ -20,13 +20,14 @@ from ..dataset import Dataset
 from ..errors import CompileError
 from ..model import Transformer
 from .endgame import plan_line, project, snap_all
-from .leaders import check_collapsed, collapse, place_leaders, plan_destinations
+from .leaders import check_collapsed, collapse_attention, place_leaders, plan_destinations
 from .separate import shift_and_separate
 from .split import split_classes
 from .state import ModelBuilder, TokenState
+from .temperature import softmax_collapse
 from .validate import analyse, check_float_separable
 
-__all__ = ["compile", "paper_bound", "strict_bound"]
+__all__ = ["compile", "paper_bound", "record_verification", "strict_bound"]
 
 
 def paper_bound(dataset: Dataset, attention: str = "hardmax") -> int:
@@ -52,8 +53,6 @@ def compile(dataset: Dataset, attention: str = "hardmax", compact: bool = False,
     """
     if attention not in ("hardmax", "softmax"):
         raise ValueError(f"attention must be 'hardmax' or 'softmax', got {attention!r}")
-    if attention == "softmax":
-        raise NotImplementedError("softmax compilation is not available yet")
     t0 = time.perf_counter()
     rng = np.random.default_rng(seed)
 
@@ -71,13 +70,22 @@ def compile(dataset: Dataset, attention: str = "hardmax", compact: bool = False,
     dest = plan_destinations(builder, analysis, rng)
     line = plan_line(dest, targets, state.scale, exact, rng, fold=not dest.satellites)
     place_leaders(builder, dest, rng, compact, progress)
-    collapse(builder, dest, line if line.folded else None, attention)
+    layer = collapse_attention(dest, line if line.folded else None)
+    tau, X_new = 1.0, None
+    if attention == "softmax":
+        tau, X_new = softmax_collapse(state, dest, layer, line, targets)
+    builder.add_sa(layer, "collapse", attention, tau, X_new=X_new)
     if not line.folded:
-        check_collapsed(builder, dest, tol=1e-6)
+        if attention == "hardmax":
+            check_collapsed(builder, dest, tol=1e-6)
         project(builder, line)
-    n_snaps = snap_all(builder, dest, targets, line, compact, progress)
+    # exact softmax simulates the ideal collapse: leave room for the certified ε
+    widen = attention == "softmax" and exact
+    n_snaps = snap_all(builder, dest, targets, line, compact, progress, widen=widen)
 
-    model = Transformer(builder.blocks, dataset.d, attention)
+    model = Transformer(builder.blocks, dataset.d, attention, float(tau))
+    if attention == "softmax" and exact:
+        model.info["temperature_rational"] = str(tau)
     model.info = {
         "mode": ("compact" if compact else "strict") + (", exact" if exact else ""),
         "seed": seed,
@@ -93,8 +101,19 @@ def compile(dataset: Dataset, attention: str = "hardmax", compact: bool = False,
 
         report = run_verify(model, dataset)
         if not report.passed:
-            raise CompileError(f"internal: the compiled model failed verification ({report.summary()})")
-        model.info["max_rel_error"] = report.max_rel_error
-        model.info["min_margin"] = report.min_margin
+            raise CompileError("internal: the compiled model failed verification "
+                               f"({report.summary()})")
+        record_verification(model, dataset, report)
     model.info["total_seconds"] = round(time.perf_counter() - t0, 4)
     return model
+
+
+def record_verification(model: Transformer, dataset: Dataset, report) -> None:
+    """Keep the verification's headline numbers in ``model.info`` (saved with the file)."""
+    from ..verify import verify as run_verify
+
+    model.info["max_rel_error"] = report.max_rel_error
+    model.info["min_margin"] = report.min_margin
+    if model.attention == "softmax":
+        leaks = report.leaks or run_verify(model.as_float(), dataset).leaks
+        model.info["softmax_off_argmax_weight"] = {str(b): w for b, w in leaks}

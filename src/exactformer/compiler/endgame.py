@@ -75,8 +75,12 @@ class Cluster:
 
 
 def _clusters(builder: ModelBuilder, dest: Destinations, targets: np.ndarray,
-              w: np.ndarray) -> tuple[list[Cluster], object]:
-    """Line intervals of the destination clusters (ascending) and the highest target."""
+              w: np.ndarray, widen: bool = False) -> tuple[list[Cluster], object]:
+    """Line intervals of the destination clusters (ascending) and the highest target.
+
+    ``widen``: the simulated positions are ideal (exact softmax); every interval is widened
+    by 1/20 of the smallest spacing, far more than the softmax collapse can move a token.
+    """
     st = builder.state
     s = st.X @ w
     order = np.argsort(dest.token_dest, kind="stable")
@@ -85,8 +89,12 @@ def _clusters(builder: ModelBuilder, dest: Destinations, targets: np.ndarray,
     lows = np.minimum.reduceat(so, starts)
     highs = np.maximum.reduceat(so, starts)
     rank = np.argsort(nm.to_float(lows), kind="stable")
-    clusters = [Cluster(lows[i], highs[i], targets[dest.target[ids[i]]]) for i in rank]
     top_target = max(targets @ w)
+    if widen:
+        levels = sorted([top_target] + list(lows))
+        margin = min(b - a for a, b in zip(levels[:-1], levels[1:])) / 20
+        lows, highs = lows - margin, highs + margin
+    clusters = [Cluster(lows[i], highs[i], targets[dest.target[ids[i]]]) for i in rank]
     below = top_target
     for i, c in enumerate(clusters):
         gap = float(c.low - below)
@@ -109,10 +117,10 @@ def _snap_error(w: np.ndarray, floor, group: list[Cluster]) -> float:
 
 
 def snap_all(builder: ModelBuilder, dest: Destinations, targets: np.ndarray, line: Line,
-             compact: bool, progress=None) -> int:
+             compact: bool, progress=None, widen: bool = False) -> int:
     """Snap layers from the highest cluster down; returns the number of snap layers."""
     st = builder.state
-    clusters, top_target = _clusters(builder, dest, targets, line.w)
+    clusters, top_target = _clusters(builder, dest, targets, line.w, widen)
     floors = [top_target] + [c.high for c in clusters[:-1]]
     chunks: list[tuple[int, int]] = []  # [i, j) cluster ranges, top chunk first
     hi = len(clusters)

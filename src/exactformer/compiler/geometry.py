@@ -126,8 +126,8 @@ def choose_trapezoid(X: np.ndarray, mine: np.ndarray, rng: np.random.Generator,
 def generic_positive(rng: np.random.Generator, d: int, exact: bool, low=0.5, high=1.5):
     """A generic vector with entries in [low, high] (small-denominator rationals in exact mode)."""
     if exact:
-        return np.array([Fraction(int(k), 64) for k in rng.integers(int(low * 64), int(high * 64) + 1,
-                                                                       size=d)], dtype=object)
+        ks = rng.integers(int(low * 64), int(high * 64) + 1, size=d)
+        return np.array([Fraction(int(k), 64) for k in ks], dtype=object)
     return rng.uniform(low, high, size=d)
 
 

@@ -17,6 +17,7 @@ import numpy as np
 from .. import numeric as nm
 from ..craft import collapse_layer, point_move
 from ..errors import CompileError
+from ..model import SelfAttention
 from .geometry import choose_trapezoid, generic_unit, least_norm_point
 from .state import ModelBuilder
 from .validate import Analysis
@@ -125,19 +126,12 @@ def place_leaders(builder: ModelBuilder, dest: Destinations, rng, compact: bool,
         builder.add_units(units, "point moves")
 
 
-def collapse(builder: ModelBuilder, dest: Destinations, line=None, attention="hardmax",
-             temperature: float = 1.0) -> None:
+def collapse_attention(dest: Destinations, line=None) -> SelfAttention:
     """The collapse attention; with ``line`` the projection onto it is folded into V."""
-    st = builder.state
     if line is None:
-        layer = collapse_layer(dest.A)
-    else:
-        d = st.d
-        layer = collapse_layer(dest.A, Vo=(line.alpha * line.w).reshape(d, 1),
-                               Vi=line.v.reshape(1, d))
-    builder.add_sa(layer, "collapse", attention, temperature)
-    if builder.blocks[-1].ff is None:  # every group moves its main leader
-        raise CompileError("internal: the collapse has no leader move before it")
+        return collapse_layer(dest.A)
+    d = dest.A.shape[1]
+    return collapse_layer(dest.A, Vo=(line.alpha * line.w).reshape(d, 1), Vi=line.v.reshape(1, d))
 
 
 def check_collapsed(builder: ModelBuilder, dest: Destinations, tol: float) -> None:

@@ -39,7 +39,7 @@ def _vec(x) -> str:
     return f"({body}{', …' if len(x) > 4 else ''})"
 
 
-def _set(a: "Analysis", ids) -> str:
+def _set(a: Analysis, ids) -> str:
     ids = sorted(ids)
     body = ", ".join(_vec(a.targets[i]) for i in ids[:3])
     return "{" + body + (f", … {len(ids)} in all" if len(ids) > 3 else "") + "}"
