@@ -27,7 +27,8 @@ class Dataset:
 
     inputs: list[np.ndarray]
     targets: list[np.ndarray]
-    labels: np.ndarray | None = field(default=None)
+    labels: np.ndarray | None = field(default=None)  # classification: one class per sequence
+    codes: np.ndarray | None = field(default=None)  # classification: (C, d) code vectors
 
     @classmethod
     def from_sequences(cls, inputs, targets) -> Dataset:
@@ -197,6 +198,8 @@ def _from_npz(path: Path, require_targets: bool = True) -> Dataset:
     elif "labels" in arrays:
         labels = _check_labels(arrays["labels"], len(xs), path)
         ys = [np.zeros((0, inputs.shape[1])) for _ in xs]
+        if "codes" in arrays:
+            return Dataset(xs, ys, labels=labels, codes=np.asarray(arrays["codes"], float))
     else:
         ys = [np.zeros((0, inputs.shape[1])) for _ in xs]
     return Dataset(xs, ys, labels=labels)
@@ -230,7 +233,13 @@ def _from_json(path: Path, require_targets: bool = True) -> Dataset:
         return Dataset(xs, ys)
     labels = _check_labels(data["labels"], len(xs), path) if "labels" in data else None
     d = xs[0].shape[1] if xs else 0
-    return Dataset(xs, [np.zeros((0, d)) for _ in xs], labels=labels)
+    codes = None
+    if "codes" in data:
+        try:
+            codes = np.asarray(data["codes"], dtype=np.float64)
+        except (TypeError, ValueError):
+            raise DatasetError(f"{path}: 'codes' must be a (C, d) list of numbers") from None
+    return Dataset(xs, [np.zeros((0, d)) for _ in xs], labels=labels, codes=codes)
 
 
 def load_dataset(path, require_targets: bool = True) -> Dataset:
@@ -284,19 +293,29 @@ def write_atomic(path, write) -> None:
 
 
 def save_dataset(dataset: Dataset, path) -> None:
-    """Write ``.npz`` or ``.json`` atomically."""
+    """Write ``.npz`` or ``.json`` atomically (labels and codes too, when present)."""
     path = Path(path)
+    extra = {}
+    if dataset.labels is not None:
+        extra["labels"] = np.asarray(dataset.labels)
+        if dataset.codes is not None:
+            extra["codes"] = np.asarray(dataset.codes)
     if path.suffix.lower() == ".json":
         payload = {
             "inputs": [x.tolist() for x in dataset.inputs],
             "outputs": [y.tolist() for y in dataset.targets],
+            **{k: v.tolist() for k, v in extra.items()},
         }
+        if not any(len(y) for y in dataset.targets):
+            del payload["outputs"]
 
         def write(tmp):
             Path(tmp).write_text(json.dumps(payload))
 
     else:
-        arrays = dataset.concatenated()
+        arrays = dataset.concatenated() if any(len(y) for y in dataset.targets) else {
+            k: v for k, v in dataset.concatenated().items() if "output" not in k}
+        arrays.update(extra)
 
         def write(tmp):
             with open(tmp, "wb") as fh:

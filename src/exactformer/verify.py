@@ -35,6 +35,7 @@ class Report:
     min_margin: float  # smallest relative score margin over attention layers (inf if none)
     layer_margins: list = field(default_factory=list)  # (block, margin) per attention layer
     tol: float = DEFAULT_TOL
+    accuracy: float | None = None  # classification: share of sequences read out as their class
     certificate: str | None = None  # softmax exact mode: what the ball-arithmetic proof says
     leaks: list = field(default_factory=list)  # softmax: (block, largest weight off argmax)
 
@@ -48,7 +49,8 @@ class Report:
             kind = "certified in ball arithmetic"
         status = "PASS" if self.passed else "FAIL"
         bad = int(np.count_nonzero(~(self.prefix_ok & self.set_ok)))
-        return (f"{status} ({kind}): {self.n_sequences} sequences, {bad} wrong, max abs error "
+        acc = "" if self.accuracy is None else f"accuracy {100 * self.accuracy:.2f} %, "
+        return (f"{status} ({kind}): {self.n_sequences} sequences, {bad} wrong, {acc}max abs error "
                 f"{self.max_abs_error:.3g}, max rel error {self.max_rel_error:.3g}, "
                 f"worst sequence {self.worst_sequence}, min score margin {self.min_margin:.3g}")
 
@@ -64,6 +66,11 @@ def verify(model: Transformer, dataset: Dataset, exact: bool | None = None,
         from .errors import DatasetError
 
         raise DatasetError(f"the model works on d = {model.d} but the data has d = {dataset.d}")
+    if dataset.labels is not None and not any(len(y) for y in dataset.targets):
+        from .classification import with_codes
+
+        codes = dataset.codes if dataset.codes is not None else model.info.get("codes")
+        dataset = with_codes(dataset, codes)
     if exact is None:
         exact = model.exact
     if exact and model.attention == "softmax":
@@ -90,6 +97,12 @@ def verify(model: Transformer, dataset: Dataset, exact: bool | None = None,
     margins = [(s["block"], s.get("margin", np.inf)) for s in stats]
     leaks = [(s["block"], s["leak"]) for s in stats if "leak" in s]
     worst = int(np.argmax(err))
+    accuracy = None
+    if dataset.labels is not None:
+        codes = nm.to_float(np.asarray(dataset.codes))
+        first = np.stack([nm.to_float(o[0]) for o in outputs])
+        pred = np.argmin(np.linalg.norm(first[:, None] - codes[None], axis=2), axis=1)
+        accuracy = float(np.mean(pred == np.asarray(dataset.labels)))
     return Report(
         n_sequences=N,
         exact=exact,
@@ -102,6 +115,7 @@ def verify(model: Transformer, dataset: Dataset, exact: bool | None = None,
         layer_margins=margins,
         tol=0.0 if exact else tol,
         leaks=leaks,
+        accuracy=accuracy,
     )
 
 

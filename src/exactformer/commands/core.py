@@ -54,6 +54,10 @@ def _summary(model, dataset: Dataset, report, seconds: float, title: str) -> Tab
     kind = "exact rational arithmetic" if report.exact else "float64"
     t.add_row("verification", f"[{'green' if report.passed else 'red'}]"
               f"{'PASS' if report.passed else 'FAIL'}[/] ({kind})")
+    if report.accuracy is not None:
+        C = len(np.unique(dataset.labels))
+        t.add_row("classification", f"accuracy {100 * report.accuracy:.2f} %, {C} classes "
+                  f"(bound N + C + 1 = {N + C + 1} + splits)")
     t.add_row("max error", f"{report.max_abs_error:.3g} abs, {report.max_rel_error:.3g} rel")
     t.add_row("min score margin", f"{report.min_margin:.3g}")
     t.add_row("time", f"{seconds:.2f} s")
@@ -69,6 +73,9 @@ def compile_cmd(
     compact: bool = typer.Option(False, "--compact", help="No width limit: a handful of blocks."),
     exact: bool = typer.Option(False, "--exact", help="Rational weights, proven exact."),
     seed: int = typer.Option(0, help="Seed of every generic draw."),
+    labels: bool = typer.Option(False, "--labels",
+                                help="Classification: DATA carries `labels` (and optional "
+                                     "`codes`); read-outs become class code vectors."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No summary table."),
 ):
     """Compile DATA into a transformer, verify it, then write it to OUT."""
@@ -77,6 +84,12 @@ def compile_cmd(
     if attention not in ("hardmax", "softmax"):
         fail(f"--attention must be hardmax or softmax, not {attention!r}")
     dataset = load_dataset(data)
+    if labels and dataset.labels is None:
+        fail(f"{data}: --labels given but the file has no 'labels' key")
+    if dataset.labels is not None:
+        from ..classification import with_codes
+
+        dataset = with_codes(dataset, dataset.codes)
     t0 = time.perf_counter()
     with _progress(not quiet and dataset.n_tokens > 20_000) as progress:
         model = exactformer.compile(dataset, attention=attention, compact=compact, exact=exact,
@@ -240,3 +253,40 @@ def demo_cmd(
     console.print(f"try: exactformer verify {out / 'demo.safetensors'} {out / 'demo.json'}")
 
 
+
+
+@app.command("predict")
+@user_errors
+def predict_cmd(
+    model_path: Path = typer.Argument(..., metavar="MODEL", help="A model compiled with --labels."),
+    data: Path = typer.Argument(..., help="Inputs (.npz or .json); labels are not needed."),
+    out: Path = typer.Option(None, "-o", "--out", help="Write the classes here (.json or .npz)."),
+):
+    """Predict the class of every sequence of DATA (the code nearest to its read-out)."""
+    import json
+
+    from ..classification import predict
+    from ..model import Transformer
+
+    model = Transformer.load(model_path)
+    codes = model.info.get("codes")
+    if codes is None:
+        fail(f"{model_path}: not a classification model (no class codes in its metadata)")
+    dataset = load_dataset(data, require_targets=False)
+    if dataset.d != model.d:
+        fail(f"{data}: tokens have d = {dataset.d} but the model works on d = {model.d}")
+    classes = predict(model, dataset.inputs, codes)
+    if out is None:
+        for j, c in enumerate(classes.tolist()):
+            console.print(f"sequence {j}: class {c}", highlight=False)
+    else:
+        from ..dataset import write_atomic
+
+        if out.suffix.lower() == ".npz":
+            write_atomic(out, lambda tmp: np.savez(open(tmp, "wb"), classes=classes))
+        else:
+            write_atomic(out, lambda tmp: Path(tmp).write_text(json.dumps(classes.tolist())))
+        console.print(f"wrote {len(classes)} classes to {out}")
+    if dataset.labels is not None:
+        acc = float(np.mean(classes == dataset.labels))
+        console.print(f"accuracy against the file's labels: {100 * acc:.2f} %")

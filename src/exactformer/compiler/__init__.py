@@ -51,6 +51,10 @@ def compile(dataset: Dataset, attention: str = "hardmax", compact: bool = False,
     drives every generic draw. ``progress(stage, done, total)`` is called on long stages.
     The model is verified before it is returned; a failed check raises CompileError.
     """
+    if dataset.labels is not None and not any(len(y) for y in dataset.targets):
+        from ..classification import with_codes
+
+        dataset = with_codes(dataset, dataset.codes)  # classification: targets are codes
     if attention not in ("hardmax", "softmax"):
         raise ValueError(f"attention must be 'hardmax' or 'softmax', got {attention!r}")
     t0 = time.perf_counter()
@@ -104,6 +108,8 @@ def compile(dataset: Dataset, attention: str = "hardmax", compact: bool = False,
             raise CompileError("internal: the compiled model failed verification "
                                f"({report.summary()})")
         record_verification(model, dataset, report)
+    if dataset.labels is not None and dataset.codes is not None:
+        model.info["codes"] = np.asarray(dataset.codes).tolist()
     model.info["total_seconds"] = round(time.perf_counter() - t0, 4)
     return model
 
