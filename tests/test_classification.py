@@ -4,11 +4,11 @@ import json
 
 import numpy as np
 import pytest
-from conftest import run_cli
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import exactformer as ef
+from conftest import run_cli
 from exactformer import DatasetError, InfeasibleError
 from exactformer.classification import default_codes, from_labels, predict, with_codes
 
