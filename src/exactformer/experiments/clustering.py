@@ -203,6 +203,9 @@ def fig_sphere(out: Path) -> dict:
         "max_norm_error": float(np.abs(np.linalg.norm(traj.states, axis=2) - 1).max()),
         "n_clusters": lc.n_clusters,
         "n_leaders": len(lc.leaders),
+        "leaders_kept": int(np.sum(
+            np.abs(traj.states[:, lc.leaders] - traj.initial[lc.leaders]).max(axis=(0, 2))
+            < 1e-9)),
         "kinds": {k: int((lc.kind == k).sum()) for k in ("leader", "emerged", "tie")},
     }
 
@@ -341,8 +344,11 @@ CAPTIONS = {
     ),
     "sphere.png": lambda s: (
         "**On the sphere (normalised case).** Tokens are rescaled to unit norm after every "
-        f"layer; they cluster on the sphere: {s['n_clusters']} clusters, {s['n_leaders']} "
-        f"initial leaders, {s['steps']} layers (norm error {s['max_norm_error']:.1e})."
+        f"layer; they cluster on the sphere: {s['n_clusters']} clusters after {s['steps']} "
+        f"layers (norm error {s['max_norm_error']:.1e}). Unlike the flat case the convex hull "
+        "is not preserved — rescaling can carry a token past a leader — so only "
+        f"{s['leaders_kept']} of the {s['n_leaders']} initial leaders keep their place, and "
+        f"{s['kinds']['emerged']} clusters sit at leaders that emerged during the run."
     ),
     "hardmax_vs_softmax.png": lambda s: (
         f"**Hardmax vs softmax.** Same input, {s['depth']} layers; softmax temperature "
