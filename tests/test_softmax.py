@@ -66,7 +66,7 @@ def test_certificate_fails_on_tampered_models(tmp_path):
     loaded = Transformer.load(tmp_path / "m.safetensors")
     assert ef.verify(loaded, ds).passed  # rationals and τ survive the file
     hot = Transformer.load(tmp_path / "m.safetensors")
-    hot.info["temperature_rational"] = str(float(model.temperature) * 1e4)  # far too hot
+    hot.temperature = float(model.temperature) * 1e4  # far too hot
     cert = certify(hot, ds.inputs, ds.targets)
     assert not cert.passed and "token" in cert.message
     assert "straddles" in cert.message or "no snap covers" in cert.message

@@ -90,8 +90,7 @@ def certify(model: Transformer, inputs: list, targets: list) -> Certificate:
                                   "certificate applies to compiled softmax models")
     line_block, line_kind = found
     exact = model if model.exact else model.as_exact()
-    tau = exact.info.get("temperature_rational")
-    tau = Fraction(tau) if tau is not None else Fraction(model.temperature)
+    tau = Fraction(model.temperature)  # the float in the file, read exactly
     old = flint.ctx.prec
     flint.ctx.prec = PRECISION
     try:

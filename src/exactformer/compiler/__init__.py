@@ -87,10 +87,7 @@ def compile(dataset: Dataset, attention: str = "hardmax", compact: bool = False,
     widen = attention == "softmax" and exact
     n_snaps = snap_all(builder, dest, targets, line, compact, progress, widen=widen)
 
-    model = Transformer(builder.blocks, dataset.d, attention, float(tau))
-    if attention == "softmax" and exact:
-        model.info["temperature_rational"] = str(tau)
-    model.info = {
+    model = Transformer(builder.blocks, dataset.d, attention, float(tau), info={
         "mode": ("compact" if compact else "strict") + (", exact" if exact else ""),
         "seed": seed,
         "split_rounds": rounds,
@@ -99,7 +96,9 @@ def compile(dataset: Dataset, attention: str = "hardmax", compact: bool = False,
         "destinations": len(dest.target),
         "paper_blocks": paper_bound(dataset, attention),
         "compile_seconds": round(time.perf_counter() - t0, 4),
-    }
+    })
+    if dataset.labels is not None and dataset.codes is not None:
+        model.info["codes"] = np.asarray(dataset.codes).tolist()
     if verify:
         from ..verify import verify as run_verify
 
@@ -108,8 +107,6 @@ def compile(dataset: Dataset, attention: str = "hardmax", compact: bool = False,
             raise CompileError("internal: the compiled model failed verification "
                                f"({report.summary()})")
         record_verification(model, dataset, report)
-    if dataset.labels is not None and dataset.codes is not None:
-        model.info["codes"] = np.asarray(dataset.codes).tolist()
     model.info["total_seconds"] = round(time.perf_counter() - t0, 4)
     return model
 

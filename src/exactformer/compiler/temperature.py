@@ -88,12 +88,9 @@ def softmax_collapse(st: TokenState, dest: Destinations, layer: SelfAttention, l
     :mod:`exactformer.certify` then proves the model in ball arithmetic.
     """
     tau = choose_temperature(st, dest, line, targets)
-    if st.exact:
-        t = Fraction(tau).limit_denominator(1 << 24)
-        if t > tau:
-            t = Fraction(tau * (1 - 1e-9)).limit_denominator(1 << 30)
+    if st.exact:  # τ is the float itself, read as a rational: the file stores it exactly
         ideal = dest.point[dest.token_dest]
-        return t, ideal @ layer.value_matrix().T
+        return Fraction(tau), ideal @ layer.value_matrix().T
     _, lam_dest, spacing = line_coordinates(st, dest, line, targets)
     alpha, v = float(line.alpha), nm.to_float(line.v)
     for _ in range(tries):
