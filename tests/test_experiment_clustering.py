@@ -99,3 +99,7 @@ def test_cli(tmp_path):
 
     res = CliRunner().invoke(app, ["experiment", "clustering", "--help"])
     assert res.exit_code == 0 and "--out" in res.output
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    res = CliRunner().invoke(app, ["experiment", "clustering", "--out", str(blocker / "d")])
+    assert res.exit_code == 2

@@ -15,6 +15,13 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from ..cli import console, experiment_app, fail, user_errors
 
 
+def _make_dir(out: Path) -> None:
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        fail(f"cannot create output directory {out}: {exc.strerror or exc}")
+
+
 def _progress() -> Progress:
     return Progress(TextColumn("{task.description}"), BarColumn(), TextColumn(
         "{task.completed}/{task.total}"), TimeElapsedColumn(), console=console, transient=True)
@@ -33,6 +40,7 @@ def clustering(
     """
     from ..experiments import clustering as exp
 
+    _make_dir(out)
     with _progress() as progress:
         summary = exp.run(out, quick=quick, progress=progress)
     console.print(f"wrote {len(summary)} figures, README.md and summary.json to {out}")
@@ -63,6 +71,7 @@ def sentiment(
         if epochs < 1:
             fail("--epochs must be at least 1")
         settings.epochs = epochs
+    _make_dir(out)
     with _progress() as progress:
         r = exp.run(out, settings, progress=progress)
     console.print(

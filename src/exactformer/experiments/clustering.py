@@ -362,8 +362,9 @@ CAPTIONS = {
     "convergence_time.png": lambda s: (
         "**Convergence time.** Layers until no token moves by more than 1e-10 × scale, "
         f"median and range over {s['seeds']} random configurations per n; the dotted line is "
-        "the time a token needs at the contraction rate 1/(1+α) from distance 1. Median for "
-        f"d = 2: {s['median_steps']['2']}."
+        "the time a token needs at the contraction rate 1/(1+α) from distance 1. 0 layers "
+        "means every token was already a leader (common for few tokens in high dimension). "
+        f"Median for d = 2: {s['median_steps']['2']}."
     ),
 }
 
