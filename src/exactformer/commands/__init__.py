@@ -9,6 +9,7 @@ import importlib
 MODULES = [
     "core",
     "experiments_dynamics",
+    "training",
 ]
 
 

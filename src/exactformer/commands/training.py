@@ -1,0 +1,145 @@
+"""``exactformer train`` and ``exactformer experiment tikhonov`` (issue 7, DESIGN.md §6).
+
+Both need PyTorch (``pip install exactformer[torch]``); without it they print one line and
+exit 2. The numerics live in :mod:`exactformer.training` and
+:mod:`exactformer.experiments.tikhonov`; this module only parses options and shows progress.
+"""
+
+from __future__ import annotations
+
+import json
+from contextlib import contextmanager
+from pathlib import Path
+
+import typer
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+from ..cli import app, console, experiment_app, fail, user_errors
+from ..dataset import load_dataset
+
+ATTENTION_CHOICES = ("softmax", "hardmax-surrogate")
+
+
+def _require_torch() -> None:
+    try:
+        import torch  # noqa: F401
+    except ImportError:
+        fail("this command needs PyTorch: pip install 'exactformer[torch]'")
+
+
+@contextmanager
+def _bar(enabled: bool, total: int, label: str):
+    """A rich bar whose description carries the current loss; yields ``update(**fields)``."""
+    if not enabled:
+        yield lambda advance=1, description=None: None
+        return
+    with Progress(TextColumn("{task.description}"), BarColumn(), TextColumn(
+            "{task.completed}/{task.total}"), TimeElapsedColumn(), console=console,
+            transient=True) as bar:
+        task = bar.add_task(label, total=total)
+
+        def update(advance=1, description=None):
+            bar.update(task, advance=advance, description=description or label)
+
+        yield update
+
+
+@app.command("train")
+@user_errors
+def train_cmd(
+    data: Path = typer.Argument(..., help="Dataset (.npz or .json, DESIGN.md §2)."),
+    out: Path = typer.Option(..., "-o", "--out", help="Model file to write (.safetensors)."),
+    attention: str = typer.Option("hardmax-surrogate",
+                                  help="softmax, or hardmax-surrogate (hardmax model trained "
+                                       "through softmax at --temperature)."),
+    blocks: int = typer.Option(None, "--blocks", help="Number of blocks L (random: 6; "
+                                                      "compiled: the compiled model's)."),
+    width: int = typer.Option(None, "--width", help="FF width w (random: 4)."),
+    rank: int = typer.Option(2, "--rank", help="Attention rank h (random init)."),
+    temperature: float = typer.Option(1.0, help="Softmax / surrogate temperature τ."),
+    epochs: int = typer.Option(2000, help="Full-batch epochs."),
+    lr: float = typer.Option(None, "--lr", help="Adam learning rate, cosine schedule "
+                                                "(default 1e-2 random, 1e-6 compiled)."),
+    weight_decay: float = typer.Option(0.0, "--weight-decay",
+                                       help="Tikhonov ε: the objective is L + ε‖θ‖²."),
+    init: str = typer.Option("random", help="random, or compiled (start from the exact "
+                                            "compiled model of DATA)."),
+    seed: int = typer.Option(0, help="Seed of the initialisation (and of the compiler)."),
+    log: Path = typer.Option(None, "--log", help="Loss curve, .csv or .json "
+                                                 "(default: OUT with .log.csv)."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar or summary."),
+):
+    """Train a DESIGN.md §1 transformer on DATA with loss L + ε‖θ‖² (Adam + cosine)."""
+    _require_torch()
+    from .. import training as tr
+
+    if attention not in ATTENTION_CHOICES:
+        fail(f"--attention must be softmax or hardmax-surrogate, not {attention!r}")
+    if init not in ("random", "compiled"):
+        fail(f"--init must be random or compiled, not {init!r}")
+    for name, value in (("--epochs", epochs), ("--blocks", blocks), ("--width", width),
+                        ("--rank", rank)):
+        if value is not None and value < (0 if name == "--rank" else 1):
+            fail(f"{name} must be positive, got {value}")
+    # Adam steps ~lr per weight whatever the gradient's size, and a compiled model's point
+    # moves have windows ~gap wide (DESIGN.md §4): 1e-2 destroys it within three epochs
+    lr = lr if lr is not None else (1e-6 if init == "compiled" else 1e-2)
+    if not lr > 0:
+        fail(f"--lr must be positive, got {lr}")
+    if not weight_decay >= 0:
+        fail(f"--weight-decay must be >= 0, got {weight_decay}")
+    if not temperature > 0:
+        fail(f"--temperature must be positive, got {temperature}")
+    dataset = load_dataset(data)
+    mode = "softmax" if attention == "softmax" else "hardmax"
+    if init == "compiled":
+        net, _ = tr.compiled_model(dataset, seed=seed)
+        if blocks is not None or width is not None:
+            net = tr.embed(net, blocks, width)
+        net.attention, net.temperature = mode, temperature
+    else:
+        net = tr.random_model(dataset.d, blocks or 6, width or 4, rank, mode, temperature, seed)
+    log = log or out.with_suffix(".log.csv")
+    cfg = tr.TrainConfig(epochs=epochs, lr=lr, weight_decay=weight_decay,
+                         surrogate=temperature, seed=seed)
+    net.info.update(trained=json.dumps({"epochs": epochs, "lr": lr, "weight_decay":
+                                        weight_decay, "attention": attention}))
+    with _bar(not quiet, epochs, "training") as update:
+        def progress(epoch, loss, penalty):
+            update(description=f"loss {loss:.3e}  penalty {penalty:.3e}")
+
+        res = tr.train(net, dataset, cfg, checkpoint=out, log=log, progress=progress)
+    if not quiet:
+        best = res.best()
+        state = "interrupted (Ctrl-C), saved" if res.interrupted else "done"
+        console.print(f"{state}: {len(res.loss)} epochs, loss {res.final_loss:.6g}, "
+                      f"penalty ε‖θ‖² {res.final_penalty:.6g} (best objective "
+                      f"{best.get('objective', float('nan')):.6g} at epoch "
+                      f"{best.get('epoch', '-')}) → {out}, log {log}", highlight=False)
+
+
+@experiment_app.command("tikhonov")
+@user_errors
+def tikhonov_cmd(
+    out: Path = typer.Option(..., "--out", help="Directory for the figures and results.json."),
+    quick: bool = typer.Option(False, "--quick", help="ε ∈ {1e-1, 1e-2, 1e-3}, 500 epochs."),
+    seed: int = typer.Option(0, help="Seed of the data, the compiler and the initialisation."),
+    epochs: int = typer.Option(None, help="Epochs per ε (default 500 quick, 3000 full)."),
+):
+    """The paper's Fig. 1: minimal Tikhonov-regularised loss vs ε, against ε‖θ_exact‖²."""
+    _require_torch()
+    from ..experiments import tikhonov
+
+    eps = tikhonov.QUICK_EPS if quick else tikhonov.FULL_EPS
+    n_epochs = epochs or (500 if quick else 3000)
+    if n_epochs < 1:
+        fail(f"--epochs must be positive, got {n_epochs}")
+    with _bar(True, len(eps) * n_epochs, "tikhonov") as update:
+        def progress(k, epoch, res):
+            update(description=f"ε = {eps[k]:g}  J {res.loss[-1] + res.penalty[-1]:.3e}")
+
+        r = tikhonov.run(out, quick=quick, seed=seed, epochs=n_epochs, progress=progress)
+    console.print(f"slope {r['slope']:.3f}; ‖θ_exact‖² = {r['theta_exact_sq_norm']:.4g}; "
+                  f"minimal loss {r['minimal_loss']}; compile {r['compile_seconds']:.3f} s vs "
+                  f"train {r['train_seconds']:.1f} s (×{r['train_over_compile_ratio']:.0f}); "
+                  f"{r['wall_time_s']:.1f} s → {out}", highlight=False)
