@@ -59,17 +59,18 @@ class Trapezoid:
     center: object
     gap: object
     top: bool
+    rows: np.ndarray | None = None  # float mode: the only tokens a unit can touch (t > a) …
+    t_rows: np.ndarray | None = None  # … and their coordinate t = ⟨v, x⟩
 
 
-def find_trapezoid(X: np.ndarray, mine: np.ndarray, v: np.ndarray,
-                   min_ratio: float = 1e-6) -> Trapezoid | None:
-    """Gap around the tokens ``mine`` (indices of one point's copies) along ``v``.
+def trapezoid_along(t: np.ndarray, mine: np.ndarray, v: np.ndarray,
+                    min_ratio: float = 1e-6) -> Trapezoid | None:
+    """Gap around the tokens ``mine`` (indices of one point's copies) given ``t = X·v``.
 
     Returns None when the gap is tiny against the spread of all tokens along v, or when the
     copies are not much closer to each other than to everything else (then another
     direction is needed). Exact mode computes everything in rationals (a proof).
     """
-    t = X @ v
     tm = t[mine]
     lo, hi = tm.min(), tm.max()
     below = t[t < lo]
@@ -77,21 +78,30 @@ def find_trapezoid(X: np.ndarray, mine: np.ndarray, v: np.ndarray,
     if len(below) + len(above) + len(tm) < len(t):  # another point inside the copies' range
         return None
     if len(below) + len(above) == 0:
-        span = abs(hi) if hi != 0 else 1
-        return Trapezoid(v, (lo + hi) / 2, span, True)
-    gaps = []
-    if len(below):
-        gaps.append(lo - below.max())
-    if len(above):
-        gaps.append(above.min() - hi)
-    g = min(gaps)
-    spread = float(max(above.max() if len(above) else hi, hi) - min(below.min() if len(below)
-                                                                    else lo, lo))
+        g = abs(hi) if hi != 0 else 1
+    else:
+        g = min(([lo - below.max()] if len(below) else []) +
+                ([above.min() - hi] if len(above) else []))
     if nm.is_exact(t):  # any positive gap is a proof in rationals
         return Trapezoid(v, (lo + hi) / 2, g, len(above) == 0) if g > 0 else None
+    spread = float(max(hi, above.max() if len(above) else hi) -
+                   min(lo, below.min() if len(below) else lo))
     if float(g) < min_ratio * spread or float(hi - lo) * 20 > float(g):
         return None
-    return Trapezoid(v, (lo + hi) / 2, g, len(above) == 0)
+    center = (lo + hi) / 2
+    rows = np.flatnonzero(t > center - g / 2)
+    return Trapezoid(v, center, g, len(above) == 0, rows, t[rows])
+
+
+def find_trapezoid(X: np.ndarray, mine: np.ndarray, v: np.ndarray,
+                   min_ratio: float = 1e-6) -> Trapezoid | None:
+    """:func:`trapezoid_along` the direction ``v``."""
+    return trapezoid_along(X @ v, mine, v, min_ratio)
+
+
+def _rational(v: np.ndarray) -> np.ndarray:
+    """A simple rational direction close to the float one (keeps exact weights small)."""
+    return np.array([Fraction(float(c)).limit_denominator(1 << 10) for c in v], dtype=object)
 
 
 def choose_trapezoid(X: np.ndarray, mine: np.ndarray, rng: np.random.Generator,
@@ -112,15 +122,35 @@ def choose_trapezoid(X: np.ndarray, mine: np.ndarray, rng: np.random.Generator,
         if not np.isfinite(nv) or nv == 0:
             continue
         v = v / nv
-        if exact:
-            v = np.array([Fraction(float(c)).limit_denominator(1 << 10) for c in v], dtype=object)
-        trap = find_trapezoid(X, mine, v)
+        trap = find_trapezoid(X, mine, _rational(v) if exact else v)
         if trap is not None:
             return trap
     from ..errors import CompileError
 
     raise CompileError("could not isolate a point along any of "
                        f"{tries} directions (points too close?)")
+
+
+def choose_trapezoids(X: np.ndarray, mines: list, rng: np.random.Generator,
+                      reference: np.ndarray, chunk: int = 32) -> list[Trapezoid]:
+    """:func:`choose_trapezoid` for many points that all read the same X (compact mode).
+
+    The first-choice directions ``z - reference`` are projected in blocks with one matrix
+    product (X is read once per block instead of once per point); points that are not
+    isolated along theirs fall back to random directions.
+    """
+    if nm.is_exact(X) or not mines:
+        return [choose_trapezoid(X, m, rng, reference) for m in mines]
+    Z = np.stack([X[m].mean(axis=0) for m in mines]) - reference
+    norms = np.linalg.norm(Z, axis=1)
+    V = Z / np.where(norms > 0, norms, 1.0)[:, None]
+    out: list[Trapezoid] = []
+    for c in range(0, len(mines), chunk):
+        T = X @ V[c:c + chunk].T
+        for i, mine in enumerate(mines[c:c + chunk]):
+            trap = trapezoid_along(T[:, i], mine, V[c + i]) if norms[c + i] > 0 else None
+            out.append(trap if trap is not None else choose_trapezoid(X, mine, rng, reference))
+    return out
 
 
 def generic_positive(rng: np.random.Generator, d: int, exact: bool, low=0.5, high=1.5):

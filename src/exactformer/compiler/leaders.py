@@ -18,7 +18,7 @@ from .. import numeric as nm
 from ..craft import collapse_layer, point_move
 from ..errors import CompileError
 from ..model import SelfAttention
-from .geometry import choose_trapezoid, generic_unit, least_norm_point
+from .geometry import choose_trapezoid, choose_trapezoids, generic_unit, least_norm_point
 from .state import ModelBuilder
 from .validate import Analysis
 
@@ -110,20 +110,22 @@ def place_leaders(builder: ModelBuilder, dest: Destinations, rng, compact: bool,
     order = np.argsort(pid, kind="stable")
     starts = np.searchsorted(pid[order], np.arange(pid.max() + 2))
     reference = st.floats().mean(axis=0)
-    units = []
-    for i, (p, k) in enumerate(dest.moves):
-        mine = order[starts[p]:starts[p + 1]]
+    mines = [order[starts[p]:starts[p + 1]] for p, _ in dest.moves]
+    if compact:  # every move reads the same input: one batched direction search
+        traps = choose_trapezoids(st.X, mines, rng, reference)
+        layers = [point_move(t.v, t.center, t.gap, dest.point[k] - st.X[m[0]], t.top)
+                  for t, m, (_, k) in zip(traps, mines, dest.moves)]
+        builder.add_units(layers, "point moves", traps)
+        if progress is not None:
+            progress("leaders", len(layers), len(layers))
+        return
+    for i, (mine, (_, k)) in enumerate(zip(mines, dest.moves)):
         trap = choose_trapezoid(st.X, mine, rng, reference)
-        z = st.X[mine[0]]
-        layer = point_move(trap.v, trap.center, trap.gap, dest.point[k] - z, trap.top)
-        if compact:
-            units.append(layer)
-        else:
-            builder.add_units([layer], "point move")
+        layer = point_move(trap.v, trap.center, trap.gap, dest.point[k] - st.X[mine[0]],
+                           trap.top)
+        builder.add_units([layer], "point move", [trap])
         if progress is not None and (i % 16 == 0 or i + 1 == len(dest.moves)):
             progress("leaders", i + 1, len(dest.moves))
-    if compact:
-        builder.add_units(units, "point moves")
 
 
 def collapse_attention(dest: Destinations, line=None) -> SelfAttention:

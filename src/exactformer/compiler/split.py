@@ -54,7 +54,7 @@ def split_classes(builder: ModelBuilder, analysis: Analysis, rng: np.random.Gene
         if not compact:
             todo = todo[:1]
         pid = st.point_ids()
-        units = []
+        units, traps = [], []
         for c, members in todo:
             v = _distinguishing_value(st, analysis, members)
             mine_token = np.flatnonzero((st.cls[st.seq] == c) & (st.value == v))[0]
@@ -62,7 +62,8 @@ def split_classes(builder: ModelBuilder, analysis: Analysis, rng: np.random.Gene
             trap = choose_trapezoid(st.X, mine, rng)
             delta = generic_positive(rng, st.d, st.exact) * nm.like(st.scale, st.exact)
             units.append(point_move(trap.v, trap.center, trap.gap, delta, trap.top))
-        builder.add_units(units, "split move")
+            traps.append(trap)
+        builder.add_units(units, "split move", traps)
         broadcast_and_classify(builder, rng)
         rounds += 1
         if progress is not None:

@@ -58,12 +58,14 @@ class ModelBuilder:
         self.blocks.append(Block(ff=ff, kind=kind))
         self.state.X = ff(self.state.X)
 
-    def add_units(self, bundles: list[Units], kind: str) -> None:
+    def add_units(self, bundles: list[Units], kind: str, where: list | None = None) -> None:
         """Start a new block with the layer ``x + Σ bundles`` and simulate it bundle by bundle.
 
         A bundle whose units all read one direction v (point moves, snaps) is evaluated only
         on the rows where one of its ReLUs is on; every other row is bit-for-bit unchanged
         (x + 0). This keeps a 4000-unit compact layer on 10⁵ tokens cheap (DESIGN.md §4).
+        ``where``: per bundle, an object with ``rows`` and ``t_rows`` (the candidate rows and
+        their coordinate along the bundle's direction, e.g. a Trapezoid) found earlier.
         """
         ff = feed_forward(bundles)
         self.blocks.append(Block(ff=ff, kind=kind))
@@ -72,13 +74,19 @@ class ModelBuilder:
             self.state.X = ff(X)
             return
         rows_all, steps = [], []
-        for u in bundles:
-            if np.all(u.U == u.U[0]):
-                rows = np.flatnonzero(X @ u.U[0] + u.b.max() > 0)
+        for i, u in enumerate(bundles):
+            known = where[i] if where is not None else None
+            if known is not None and known.rows is not None:
+                rows = known.rows
+                pre = known.t_rows[:, None] + u.b
             else:
-                rows = np.flatnonzero((X @ u.U.T + u.b > 0).any(axis=1))
+                if np.all(u.U == u.U[0]):
+                    rows = np.flatnonzero(X @ u.U[0] + u.b.max() > 0)
+                else:
+                    rows = np.flatnonzero((X @ u.U.T + u.b > 0).any(axis=1))
+                pre = X[rows] @ u.U.T + u.b
             rows_all.append(rows)
-            steps.append(nm.relu(X[rows] @ u.U.T + u.b) @ u.W.T)
+            steps.append(nm.relu(pre) @ u.W.T)
         rows, where = np.unique(np.concatenate(rows_all), return_inverse=True)
         total = np.zeros((len(rows), X.shape[1]))
         np.add.at(total, where, np.concatenate(steps))
