@@ -390,9 +390,11 @@ def train(net: TorchTransformer, dataset: Dataset | Batch, config: TrainConfig,
             save(good)
             where = f" to {checkpoint}" if checkpoint is not None else ""
             last = res.loss[-1] if res.loss else float("nan")
-            raise TrainingDiverged(
+            err = TrainingDiverged(
                 f"the loss became NaN/inf at epoch {len(res.loss)} (lr {config.lr:g}); the "
                 f"last finite parameters (loss {last:.6g}) were saved{where}; try a smaller --lr")
+            err.result = res  # the curve up to the last finite epoch
+            raise err
         res.final_loss, res.final_penalty = float(final), eps * float(norm)
     save()
     return res
