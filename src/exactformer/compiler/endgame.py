@@ -109,11 +109,30 @@ def _clusters(builder: ModelBuilder, dest: Destinations, targets: np.ndarray,
     return clusters, top_target
 
 
-def _snap_error(w: np.ndarray, floor, group: list[Cluster]) -> float:
-    """First-order rounding estimate of a compact snap layer: eps · Σ|terms| at its top point."""
-    units = snap(w, floor, [(c.low, c.high, c.target) for c in group], exact=False)
-    pre = nm.relu(units.U @ w * float(group[-1].high) / float(w @ w) + units.b)
-    return EPS * float(np.sum(np.max(np.abs(units.W), axis=0) * pre))
+def _terms(w: np.ndarray, floor, pair: list[Cluster], s_top: float, units: slice) -> float:
+    """Σ |W_u|·relu(pre_u) at the line point ``s_top`` for some units of a snap layer."""
+    built = snap(w, floor, [(c.low, c.high, c.target) for c in pair], exact=False)
+    pre = nm.relu(built.U[units] @ w * s_top / float(w @ w) + built.b[units])
+    return float(np.sum(np.max(np.abs(built.W[:, units]), axis=0) * pre))
+
+
+def _chunk_start(w, floors, clusters: list[Cluster], hi: int, budget: float) -> int:
+    """Lowest cluster index of the compact snap layer that ends at cluster ``hi - 1``.
+
+    First-order rounding estimate of the layer at its top point: eps · Σ |terms| (DESIGN.md
+    §4 compact mode). Growing the layer downward by one cluster adds one ramp and moves the
+    two head units, so the estimate is updated in O(1) per cluster.
+    """
+    s_top = float(clusters[hi - 1].high)
+    lo, ramps = hi - 1, 0.0
+    while lo > 0:
+        ramp = _terms(w, floors[lo - 1], clusters[lo - 1:lo + 1], s_top, slice(2, 4))
+        head = _terms(w, floors[lo - 1], clusters[lo - 1:lo], s_top, slice(0, 2))
+        if EPS * (ramps + ramp + head) > budget:
+            break
+        ramps += ramp
+        lo -= 1
+    return lo
 
 
 def snap_all(builder: ModelBuilder, dest: Destinations, targets: np.ndarray, line: Line,
@@ -125,12 +144,12 @@ def snap_all(builder: ModelBuilder, dest: Destinations, targets: np.ndarray, lin
     chunks: list[tuple[int, int]] = []  # [i, j) cluster ranges, top chunk first
     hi = len(clusters)
     while hi > 0:
-        lo = hi - 1
-        if compact:
-            budget = SNAP_BUDGET * st.scale
-            while lo > 0 and (st.exact or _snap_error(line.w, floors[lo - 1],
-                                                      clusters[lo - 1:hi]) <= budget):
-                lo -= 1
+        if not compact:
+            lo = hi - 1
+        elif st.exact:  # no rounding: one layer
+            lo = 0
+        else:
+            lo = _chunk_start(line.w, floors, clusters, hi, SNAP_BUDGET * st.scale)
         chunks.append((lo, hi))
         hi = lo
     for n, (lo, hi) in enumerate(chunks):

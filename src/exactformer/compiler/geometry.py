@@ -146,9 +146,9 @@ def choose_trapezoids(X: np.ndarray, mines: list, rng: np.random.Generator,
     V = Z / np.where(norms > 0, norms, 1.0)[:, None]
     out: list[Trapezoid] = []
     for c in range(0, len(mines), chunk):
-        T = X @ V[c:c + chunk].T
+        T = V[c:c + chunk] @ X.T  # (chunk, tokens): each row contiguous
         for i, mine in enumerate(mines[c:c + chunk]):
-            trap = trapezoid_along(T[:, i], mine, V[c + i]) if norms[c + i] > 0 else None
+            trap = trapezoid_along(T[i], mine, V[c + i]) if norms[c + i] > 0 else None
             out.append(trap if trap is not None else choose_trapezoid(X, mine, rng, reference))
     return out
 

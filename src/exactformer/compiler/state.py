@@ -77,16 +77,15 @@ class ModelBuilder:
         for i, u in enumerate(bundles):
             known = where[i] if where is not None else None
             if known is not None and known.rows is not None:
-                rows = known.rows
-                pre = known.t_rows[:, None] + u.b
+                rows, t = known.rows, known.t_rows
+            elif np.all(u.U == u.U[0]):
+                t = X @ u.U[0]
+                rows = np.flatnonzero(t + u.b.max() > 0)
+                t = t[rows]
             else:
-                if np.all(u.U == u.U[0]):
-                    rows = np.flatnonzero(X @ u.U[0] + u.b.max() > 0)
-                else:
-                    rows = np.flatnonzero((X @ u.U.T + u.b > 0).any(axis=1))
-                pre = X[rows] @ u.U.T + u.b
+                rows, t = np.flatnonzero((X @ u.U.T + u.b > 0).any(axis=1)), None
             rows_all.append(rows)
-            steps.append(nm.relu(pre) @ u.W.T)
+            steps.append(_bundle_steps(u, X, rows, t))
         rows, where = np.unique(np.concatenate(rows_all), return_inverse=True)
         total = np.zeros((len(rows), X.shape[1]))
         np.add.at(total, where, np.concatenate(steps))
@@ -106,3 +105,17 @@ class ModelBuilder:
         if X_new is None:
             X_new = sa(self.state.X, self.state.segments, attention, temperature)
         self.state.X = X_new
+
+
+def _bundle_steps(u: Units, X: np.ndarray, rows: np.ndarray, t, chunk_entries: int = 1 << 22):
+    """``W·relu(U·x + b)`` on ``rows`` (from ``t = ⟨v, x⟩`` when every unit reads one v).
+
+    Row blocks keep the (rows × width) pre-activations of a wide snap layer within ~32 MB.
+    """
+    step = max(1, chunk_entries // max(1, u.width))
+    out = np.empty((len(rows), X.shape[1]))
+    for s in range(0, len(rows), step):
+        r = slice(s, s + step)
+        pre = (t[r, None] if t is not None else X[rows[r]] @ u.U.T) + u.b
+        out[r] = nm.relu(pre) @ u.W.T
+    return out
