@@ -169,3 +169,13 @@ def test_experiment_tikhonov_quick_cli(tmp_path):
         assert v <= float(e) * res["theta_exact_sq_norm"]
         terms = res["minimal_loss_terms"][e]
         assert v == pytest.approx(terms["loss"] + terms["penalty"])
+
+
+@pytest.mark.slow
+def test_experiment_tikhonov_full(tmp_path):
+    """The full sweep (ε = 1e-1 … 1e-7, 3000 epochs; ~20 min on 2 busy cores)."""
+    from exactformer.experiments import tikhonov
+
+    res = tikhonov.run(tmp_path, quick=False)
+    assert 0.8 <= res["slope"] <= 1.2
+    assert all(res["below_bound"].values())

@@ -145,7 +145,7 @@ def _figures(out: Path, runs, eps_values, slope, intercept, theta_sq, zero_loss)
     cmap = plt.get_cmap("viridis")
     colors = {e: cmap(i / max(1, len(eps_values) - 1)) for i, e in enumerate(eps_values)}
 
-    fig, ax = plt.subplots(figsize=(7, 4.6))
+    fig, ax = plt.subplots(figsize=(9, 4.6))
     for e in eps_values:
         r = runs[e]
         ax.plot(r.objective, color=colors[e], lw=1.4, label=f"ε = {e:g}: L + ε‖θ‖²")
@@ -156,7 +156,7 @@ def _figures(out: Path, runs, eps_values, slope, intercept, theta_sq, zero_loss)
     ax.set_ylabel("training loss")
     ax.set_title("Fig. 1a — regularised training loss per ε")
     ax.grid(True, which="major", alpha=0.3)
-    ax.legend(fontsize=8, loc="upper right")
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     fig.tight_layout()
     fig.savefig(out / "fig1a_loss_curves.png", dpi=120)
     plt.close(fig)
