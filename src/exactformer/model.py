@@ -136,23 +136,40 @@ def _length_buckets(segments: np.ndarray, max_entries: int = 2_000_000):
             yield s[:, None] + np.arange(n)[None, :]
 
 
-def _record_margins(stats, scores, mask, values, P) -> None:
+def _record_margins(stats, scores, mask, values, P, top_k: int = 8) -> None:
     """Smallest relative score margin between a token's argmax set and the distinct tokens.
 
     DESIGN.md §3: margins are measured between points meant to be distinct, so tokens whose
     value equals (to 1e-9 relative) the mean value of the argmax set are left out.
+
+    The rival of a token is the best-scoring distinct token. For hardmax it is found among
+    the ``top_k`` best scores (if one of them is distinct, no lower score can be the
+    rival), falling back to all tokens for the rare rows where none is; this avoids a
+    (B, n, n, d) distance array (1.3 GB per 10⁵ tokens).
     """
     s = nm.to_float(scores)
     v = nm.to_float(values)
     m = mask
     count = m.sum(axis=2, keepdims=True)
-    target = (m[..., None] * v[:, None, :, :]).sum(axis=2) / count  # (B, n, dv)
+    target = (m.astype(np.float64) @ v) / count  # (B, n, dv): mean value of the argmax set
     scale_v = max(float(np.max(np.abs(v))) if v.size else 0.0, 1e-300)
-    dist = np.max(np.abs(v[:, None, :, :] - target[:, :, None, :]), axis=3)  # (B, n, n)
-    distinct = dist > 1e-9 * scale_v
+    tol = 1e-9 * scale_v
     scale_s = np.max(np.abs(s), axis=2)
     top = s.max(axis=2)
-    rival = np.where(distinct, s, -np.inf).max(axis=2)
+    B, n = s.shape[:2]
+    if P is None and n > top_k:
+        idx = np.argpartition(-s, top_k - 1, axis=2)[..., :top_k]  # (B, n, k)
+        vk = v[np.arange(B)[:, None, None], idx]  # (B, n, k, dv)
+        distinct_k = np.max(np.abs(vk - target[:, :, None, :]), axis=3) > tol
+        rival = np.where(distinct_k, np.take_along_axis(s, idx, 2), -np.inf).max(axis=2)
+        bi, ii = np.nonzero(~distinct_k.any(axis=2))
+        if len(bi):  # no distinct token among the best k: look at all of them
+            dist = np.max(np.abs(v[bi] - target[bi, ii][:, None, :]), axis=2)  # (r, n)
+            rival[bi, ii] = np.where(dist > tol, s[bi, ii], -np.inf).max(axis=1)
+    else:
+        dist = np.max(np.abs(v[:, None, :, :] - target[:, :, None, :]), axis=3)  # (B, n, n)
+        distinct = dist > tol
+        rival = np.where(distinct, s, -np.inf).max(axis=2)
     ok = np.isfinite(rival) & (scale_s > 0)
     if np.any(ok):
         margin = float(np.min((top[ok] - rival[ok]) / scale_s[ok]))
@@ -160,6 +177,138 @@ def _record_margins(stats, scores, mask, values, P) -> None:
     if P is not None:
         leak = float(np.max(np.where(distinct, P, 0.0).sum(axis=2))) if P.size else 0.0
         stats["leak"] = max(stats.get("leak", 0.0), leak)
+
+
+# -- fast float forward (DESIGN.md §4 "Measured on a prototype") --------------------------
+# An FF with η = 1 leaves every row whose ReLUs are all off bit-for-bit unchanged, and the
+# construction's FFs (point moves, snaps) are active on a few hundred of 10⁵ tokens. So a run
+# of consecutive such FFs is screened with one stacked projection per token chunk (one BLAS
+# call instead of one pass over all tokens per FF), and each FF is then evaluated with its
+# own formula on the rows that may be active only. Rows changed inside the run are tracked
+# with a bound on how far they moved, so a stale screen can never hide an active ReLU.
+
+_GROUP_WIDTH = 256  # stacked units per screen (a run of 64 width-4 point moves)
+_WIDE = 64  # wider FFs (compact mode) are screened alone
+_CHUNK_ENTRIES = 1 << 18  # rows × stacked units per screening chunk (2 MB, cache-sized)
+_EVAL_ENTRIES = 1 << 20  # rows × units per evaluation chunk (8 MB)
+_SCREEN_SLACK = 1e-9  # relative: far above the rounding of two evaluation orders
+
+
+def _sparse_ok(ff: FeedForward) -> bool:
+    """η = 1 in float: inactive rows are unchanged, so only active rows need the layer."""
+    eta = np.asarray(ff.eta)
+    return (eta.dtype != object and float(eta) == 1.0 and ff.width > 0
+            and not nm.is_exact(np.asarray(ff.U)))
+
+
+def _ff_groups(blocks, single: bool = False) -> dict[int, list]:
+    """Block index → run of FFs to apply there ([] for blocks applied by an earlier run).
+
+    A run is consecutive blocks with sparse-ready FFs and no attention in between (the
+    attention of a run's last block comes after the run); a wide FF forms a run by itself.
+    ``single`` (tracing) makes every FF its own run so each layer's output can be recorded.
+    """
+    groups: dict[int, list] = {}
+    run: list = []
+    start = None
+    width = 0
+    for l, blk in enumerate(blocks):
+        ok = blk.ff is not None and _sparse_ok(blk.ff)
+        if ok and run and (single or blk.ff.width >= _WIDE or width + blk.ff.width > _GROUP_WIDTH):
+            run, start, width = [], None, 0
+        if ok:
+            if start is None:
+                start = l
+                groups[l] = run
+            else:
+                groups[l] = []
+            run.append(blk.ff)
+            width += blk.ff.width
+        if not ok or blk.sa is not None or blk.ff.width >= _WIDE:
+            run, start, width = [], None, 0
+    return groups
+
+
+def _apply_sparse_ffs(X: np.ndarray, ffs: list) -> None:
+    """Apply consecutive η = 1 FFs to ``X`` in place, touching only rows that may be active.
+
+    Each FF is computed with the reference formula (``x + relu(U x + b) Wᵀ``) on its
+    candidate rows; a row is skipped only when the screen proves all its pre-activations
+    ≤ 0 (then the reference leaves it unchanged), so results agree with the dense pass up
+    to the BLAS summation order.
+    """
+    T = len(X)
+    if T == 0:
+        return
+    # The construction's units come in bundles reading one direction (a trapezoid: 4 copies
+    # of v; every snap of the strict endgame: the line direction w). So the screen projects
+    # on the distinct rows of the stacked U only, and a unit k on column c is a candidate
+    # where t_c > −δ − b_k: per (FF, column) pair one threshold, the lowest of its units.
+    Us = np.concatenate([ff.U for ff in ffs])
+    cols, col_of_unit = np.unique(Us, axis=0, return_inverse=True)
+    col_of_unit = col_of_unit.reshape(-1)
+    ff_of_unit = np.repeat(np.arange(len(ffs)), [ff.width for ff in ffs])
+    n1 = np.array([float(np.abs(ff.U).sum(axis=1).max()) for ff in ffs])  # |U·Δ| ≤ n1·|Δ|∞
+    bmax = np.array([float(np.abs(ff.b).max()) for ff in ffs])
+    xmax = float(np.abs(X).max())
+    if not np.isfinite(xmax):  # let the reference formula propagate inf/nan as it does
+        for ff in ffs:
+            X[:] = ff(X)
+        return
+    delta = _SCREEN_SLACK * (n1 * xmax + bmax) + 1e-300
+    pair_key = ff_of_unit * len(cols) + col_of_unit
+    pairs, pair_of_unit = np.unique(pair_key, return_inverse=True)
+    pair_of_unit = pair_of_unit.reshape(-1)
+    pair_thr = np.full(len(pairs), np.inf)
+    np.minimum.at(pair_thr, pair_of_unit, -delta[ff_of_unit] - np.concatenate([ff.b for ff in ffs]))
+    pair_ff, pair_col = pairs // len(cols), pairs % len(cols)
+    multi = np.bincount(pair_ff, minlength=len(ffs)) > 1  # FFs whose rows may repeat
+    rows_per_chunk = max(1, _CHUNK_ENTRIES // max(len(cols), len(pairs)))
+    found_rows, found_ff = [], []
+    for c in range(0, T, rows_per_chunk):
+        t = X[c:c + rows_per_chunk] @ cols.T
+        r, k = np.nonzero(t[:, pair_col] > pair_thr)
+        found_rows.append(r + c)
+        found_ff.append(pair_ff[k])
+    rows_all = np.concatenate(found_rows)
+    ff_all = np.concatenate(found_ff)
+    order = np.argsort(ff_all, kind="stable")  # per FF: its rows, ascending
+    bounds = np.searchsorted(ff_all[order], np.arange(len(ffs) + 1))
+    drift = np.zeros(T) if len(ffs) > 1 else None  # bound on |x_now − x_screened|∞ per row
+    # rows whose drift may matter to some later FF (the moved points; rounding stays below)
+    drift_min = float(np.min(0.5 * delta / np.maximum(n1, 1e-300)))
+    big = np.zeros(0, dtype=np.int64)
+    in_big = np.zeros(T, dtype=bool) if len(ffs) > 1 else None
+    for g, ff in enumerate(ffs):
+        rows = rows_all[order[bounds[g]:bounds[g + 1]]]
+        if multi[g]:
+            rows = np.unique(rows)
+        if len(big):
+            moved = big[n1[g] * drift[big] >= 0.5 * delta[g]]
+            if len(moved):
+                rows = np.concatenate([rows[~in_big[rows]], moved])
+        if len(ffs) == 1 and 2 * len(rows) >= T:
+            # mostly active (compact snaps): the reference pass itself, so the summation
+            # order, to which compact snaps are sensitive (DESIGN.md §4), stays the same
+            X[:] = ff(X)
+            return
+        step = max(1, _EVAL_ENTRIES // ff.width)  # wide FFs: bounded memory
+        for i in range(0, len(rows), step):
+            r = rows[i:i + step]
+            x = X[r]
+            pre = x @ ff.U.T + ff.b
+            on = (pre > 0).any(axis=1)
+            if not on.any():
+                continue
+            r, x = r[on], x[on]
+            new = ff.eta * x + nm.relu(pre[on]) @ ff.W.T
+            X[r] = new
+            if g + 1 < len(ffs):
+                drift[r] += np.abs(new - x).max(axis=1)
+                grown = r[(drift[r] >= drift_min) & ~in_big[r]]
+                if len(grown):
+                    in_big[grown] = True
+                    big = np.concatenate([big, grown])
 
 
 @dataclass
@@ -242,9 +391,16 @@ class Transformer:
         model = self.as_exact() if exact and not self.exact else self
         if trace is not None:
             trace.append(("input", X.copy()))
+        fast = not exact
+        if fast:
+            X = np.array(X, dtype=np.float64, order="C")  # owned: the fast path works in place
+        groups = _ff_groups(model.blocks, single=trace is not None) if fast else {}
         for l, blk in enumerate(model.blocks):
             if blk.ff is not None:
-                X = blk.ff(X)
+                if not fast or l not in groups:
+                    X = blk.ff(X)
+                elif groups[l]:  # first block of a run of sparse FFs: apply the whole run
+                    _apply_sparse_ffs(X, groups[l])
                 if trace is not None:
                     trace.append((f"block {l} ff", X.copy()))
             if blk.sa is not None:
