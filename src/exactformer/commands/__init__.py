@@ -10,6 +10,7 @@ MODULES = [
     "core",
     "experiments_dynamics",
     "training",
+    "bench",
 ]
 
 
