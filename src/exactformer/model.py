@@ -285,8 +285,8 @@ def _apply_sparse_ffs(X: np.ndarray, ffs: list) -> None:
             rows = np.unique(rows)
         if len(big):
             moved = big[n1[g] * drift[big] >= 0.5 * delta[g]]
-            if len(moved):
-                rows = np.concatenate([rows[~in_big[rows]], moved])
+            if len(moved):  # screened candidates stay candidates, however far they drifted
+                rows = np.union1d(rows, moved)
         if len(ffs) == 1 and 2 * len(rows) >= T:
             # mostly active (compact snaps): the reference pass itself, so the summation
             # order, to which compact snaps are sensitive (DESIGN.md §4), stays the same
