@@ -116,7 +116,7 @@ def test_seed_changes_weights_not_correctness():
     ds = random_dataset(np.random.default_rng(1), N=6)
     a, b = ef.compile(ds, seed=1), ef.compile(ds, seed=2)
     assert a.n_blocks == b.n_blocks
-    assert not np.array_equal(a.blocks[0].sa.Vi, b.blocks[0].sa.Vi)
+    assert not np.array_equal(a.blocks[0].sa.V, b.blocks[0].sa.V)
     assert ef.verify(a, ds).passed and ef.verify(b, ds).passed
 
 

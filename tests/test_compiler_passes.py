@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from exactformer import Dataset, InfeasibleError
-from exactformer.compiler.geometry import close_pairs, find_trapezoid, scalar_clusters
+from exactformer.compiler.geometry import close_pairs, find_trapezoid
 from exactformer.compiler.leaders import plan_destinations
 from exactformer.compiler.separate import shift_and_separate
 from exactformer.compiler.split import split_classes
@@ -104,8 +104,3 @@ def test_trapezoid_gap_and_top():
     t = find_trapezoid(X, np.array([2]), np.array([1.0, 0.0]))
     assert t.top and t.gap == 2.0
     assert find_trapezoid(X, np.array([1]), np.array([0.0, 1.0])) is None  # all at t = 0
-
-
-def test_scalar_clusters():
-    ids = scalar_clusters(np.array([1.0, 1.0 + 1e-12, 2.0, 5.0]), 1e-9)
-    assert ids[0] == ids[1] != ids[2] != ids[3]

@@ -61,10 +61,15 @@ class Trapezoid:
     top: bool
     rows: np.ndarray | None = None  # float mode: the only tokens a unit can touch (t > a) …
     t_rows: np.ndarray | None = None  # … and their coordinate t = ⟨v, x⟩
+    quality: float = 1.0  # gap / spread of all tokens along v (rounding above scales as 1/it)
+
+
+GOOD_GAP = 1e-6  # accept the first direction at once when gap ≥ this × spread
+MIN_GAP = 1e-8  # never accept less (distinct points are ≥ 1e-7 × scale apart, DESIGN.md §4)
 
 
 def trapezoid_along(t: np.ndarray, mine: np.ndarray, v: np.ndarray,
-                    min_ratio: float = 1e-6) -> Trapezoid | None:
+                    min_ratio: float = MIN_GAP) -> Trapezoid | None:
     """Gap around the tokens ``mine`` (indices of one point's copies) given ``t = X·v``.
 
     Returns None when the gap is tiny against the spread of all tokens along v, or when the
@@ -90,11 +95,11 @@ def trapezoid_along(t: np.ndarray, mine: np.ndarray, v: np.ndarray,
         return None
     center = (lo + hi) / 2
     rows = np.flatnonzero(t > center - g / 2)
-    return Trapezoid(v, center, g, len(above) == 0, rows, t[rows])
+    return Trapezoid(v, center, g, len(above) == 0, rows, t[rows], float(g) / max(spread, 1e-300))
 
 
 def find_trapezoid(X: np.ndarray, mine: np.ndarray, v: np.ndarray,
-                   min_ratio: float = 1e-6) -> Trapezoid | None:
+                   min_ratio: float = MIN_GAP) -> Trapezoid | None:
     """:func:`trapezoid_along` the direction ``v``."""
     return trapezoid_along(X @ v, mine, v, min_ratio)
 
@@ -110,12 +115,15 @@ def choose_trapezoid(X: np.ndarray, mine: np.ndarray, rng: np.random.Generator,
 
     First ``z - reference`` (``reference``: a mean of the tokens; puts z near the top), then
     random directions; in exact mode the direction is a simple rational close to the float
-    one, so weights stay small.
+    one, so weights stay small. A gap ≥ GOOD_GAP × spread is taken at once; otherwise the
+    widest of several directions (at least MIN_GAP × spread), since rounding on the tokens
+    above a trapezoid grows like spread / gap.
     """
     exact = nm.is_exact(X)
     z = nm.to_float(X[mine]).mean(axis=0)
     if reference is None:
         reference = nm.to_float(X).mean(axis=0)
+    best = None
     for attempt in range(tries):
         v = z - reference if attempt == 0 else rng.standard_normal(X.shape[1])
         nv = np.linalg.norm(v)
@@ -123,8 +131,14 @@ def choose_trapezoid(X: np.ndarray, mine: np.ndarray, rng: np.random.Generator,
             continue
         v = v / nv
         trap = find_trapezoid(X, mine, _rational(v) if exact else v)
-        if trap is not None:
+        if trap is not None and (exact or trap.quality >= GOOD_GAP):
             return trap
+        if trap is not None and (best is None or trap.quality > best.quality):
+            best = trap
+        if best is not None and attempt >= 8:
+            return best
+    if best is not None:
+        return best
     from ..errors import CompileError
 
     raise CompileError("could not isolate a point along any of "
@@ -149,7 +163,8 @@ def choose_trapezoids(X: np.ndarray, mines: list, rng: np.random.Generator,
         T = V[c:c + chunk] @ X.T  # (chunk, tokens): each row contiguous
         for i, mine in enumerate(mines[c:c + chunk]):
             trap = trapezoid_along(T[i], mine, V[c + i]) if norms[c + i] > 0 else None
-            out.append(trap if trap is not None else choose_trapezoid(X, mine, rng, reference))
+            good = trap is not None and trap.quality >= GOOD_GAP
+            out.append(trap if good else choose_trapezoid(X, mine, rng, reference))
     return out
 
 
@@ -178,12 +193,3 @@ def least_norm_point(A: np.ndarray, pi: np.ndarray) -> np.ndarray:
     sol = np.array([(d * pi[0] - b * pi[1]) / det, (a * pi[1] - c * pi[0]) / det],
                    dtype=A.dtype)
     return A.T @ sol
-
-
-def scalar_clusters(values: np.ndarray, tol: float) -> np.ndarray:
-    """Cluster ids of 1-D floats: consecutive sorted values closer than ``tol`` share one."""
-    order = np.argsort(values, kind="stable")
-    breaks = np.concatenate([[0], (np.diff(values[order]) > tol).astype(np.int64)])
-    ids = np.empty(len(values), dtype=np.int64)
-    ids[order] = np.cumsum(breaks)
-    return ids

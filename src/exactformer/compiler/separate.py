@@ -19,12 +19,12 @@ from .geometry import (
     exact_duplicates,
     generic_positive,
     representatives,
-    scalar_clusters,
 )
 from .state import ModelBuilder, TokenState
 
-CLASS_TOL = 1e-9  # broadcast scalars this close (× scale) count as equal
-DISTINCT_TOL = 1e-7  # distinct points must be this far apart (× scale)
+CLASS_TOL = 1e-9  # sequence means this close (× scale) count as equal
+DISTINCT_TOL = 1e-7  # distinct values must be this far apart (× scale)
+MERGE_TOL = 1e-9  # copies of one value closer than this (× scale) are one point
 
 
 def shift_and_separate(builder: ModelBuilder, rng: np.random.Generator) -> None:
@@ -37,13 +37,18 @@ def shift_and_separate(builder: ModelBuilder, rng: np.random.Generator) -> None:
     broadcast_and_classify(builder, rng)
 
 
-def _classes(st: TokenState, scalars: np.ndarray, tol) -> np.ndarray:
-    """Sequences sharing a point and (almost) the same broadcast scalar form one class.
+def _classes(st: TokenState, means: np.ndarray, tol, rng) -> np.ndarray:
+    """Sequences sharing a value and (almost) the same mean form one class.
 
     Classes only split: the old class is part of the key, so this refines ``st.cls``.
     """
     N = st.n_sequences
-    clusters = scalar_clusters(scalars, tol)
+    if st.exact:
+        pairs = exact_duplicates(means)
+    else:
+        pairs = close_pairs(means, tol, rng)
+    same_mean = coo_matrix((np.ones(len(pairs)), (pairs[:, 0], pairs[:, 1])), shape=(N, N))
+    clusters = connected_components(same_mean, directed=False)[1]
     key = np.stack([st.cls[st.seq], clusters[st.seq], st.value], axis=1)
     _, node = np.unique(key, axis=0, return_inverse=True)
     node = node.ravel()
@@ -62,29 +67,33 @@ def _merge(cls: np.ndarray, pairs: list[tuple[int, int]]) -> np.ndarray:
 
 def broadcast_and_classify(builder: ModelBuilder, rng: np.random.Generator,
                            tries: int = 8) -> None:
-    """Uniform attention ``V = c·e·uᵀ`` (fresh generic c, u, e), then refine the classes.
+    """Uniform attention ``V = c·M`` (fresh generic positive M), then refine the classes.
 
-    Check (DESIGN.md §4 step 1): distinct points — (class, original value) ids — must be
-    ≥ 1e-7 × scale apart. Copies of one value that end up too close across classes are
-    merged into one class (step 2 then separates them on purpose); any other near pair
-    means an unlucky draw: redraw.
+    DESIGN.md §4 step 1 uses a rank-one ``V = c·e·uᵀ``; then copies of one value in two
+    sequences end ``c·|⟨u, μ_A − μ_B⟩|·|e|`` apart, and over N sequences the smallest such
+    projection shrinks like 1/N² (seen: 1e-8 × scale at N = 1000 on data drawn from a small
+    vocabulary), below what a trapezoid can isolate. A generic positive M of full rank
+    (well conditioned: I plus a small positive matrix) separates them by ~c·|μ_A − μ_B|.
+
+    Check: distinct values must end ≥ 1e-7 × scale apart, else the draw was unlucky: redraw.
+    Copies of one value in different classes may come closer (nearly equal means): they stay
+    distinct points down to 1e-9 × scale; closer copies are merged into one class, and step 2
+    then separates them on purpose.
     """
     st = builder.state
     d = st.d
     counts = np.diff(st.segments)
     for _ in range(tries):
-        u = generic_positive(rng, d, st.exact)
-        e = generic_positive(rng, d, st.exact)
+        M = generic_positive(rng, d * d, st.exact, low=0.0, high=0.5).reshape(d, d) / d
+        M = M + np.eye(d, dtype=M.dtype) * nm.like(1, st.exact)
         means = np.add.reduceat(st.X, st.segments[:-1], axis=0) * nm.reciprocal_counts(
             counts, st.exact)[:, None]
-        mu = means @ u
-        c = st.scale / max(nm.max_abs(mu) * nm.norm(e), 1e-300)
+        c = st.scale / max(nm.max_abs(means @ M.T), 1e-300)  # shifts of about one scale
         c = Fraction(c).limit_denominator(1 << 20) if st.exact else c
-        layer = broadcast(c, e, u)
+        layer = broadcast(c * M)
         X_new = layer(st.X, st.segments)
         scale = max(nm.max_abs(X_new), st.scale)
-        # exact mode: equal means are exactly equal, and distinct points exactly distinct
-        cls = _classes(st, c * mu, 0 if st.exact else CLASS_TOL * scale)
+        cls = _classes(st, means if st.exact else nm.to_float(means), CLASS_TOL * scale, rng)
         saved = st.cls
         st.cls = cls
         pid = st.point_ids()
@@ -96,8 +105,10 @@ def broadcast_and_classify(builder: ModelBuilder, rng: np.random.Generator,
             pairs = close_pairs(X_new[first], DISTINCT_TOL * scale, rng)
         same_value = st.value[first[pairs[:, 0]]] == st.value[first[pairs[:, 1]]]
         if np.all(same_value):
-            if len(pairs):
-                seqs = st.seq[first[pairs]]
+            if len(pairs):  # copies that cannot be told apart: one point, split later
+                a, b = X_new[first[pairs[:, 0]]], X_new[first[pairs[:, 1]]]
+                gap = np.max(np.abs(nm.to_float(a - b)), axis=1)
+                seqs = st.seq[first[pairs[gap < MERGE_TOL * scale]]]
                 cls = _merge(cls, [(cls[a], cls[b]) for a, b in seqs])
             st.cls = cls
             builder.add_sa(layer, "broadcast", X_new=X_new)

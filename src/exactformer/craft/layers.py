@@ -50,16 +50,16 @@ def translate(shift: np.ndarray) -> FeedForward:
                        nm.like(1, exact))
 
 
-def broadcast(c, e: np.ndarray, u: np.ndarray) -> SelfAttention:
-    """Uniform attention with ``V = c·e·uᵀ``: each token of sequence j moves by c·⟨u, mean X^j⟩·e.
+def broadcast(V: np.ndarray) -> SelfAttention:
+    """Uniform attention with value map V: each token of sequence j moves by V·mean(X^j).
 
     DESIGN.md §4 step 1. Q = K of rank 0 makes every score exactly 0, hence uniform weights in
-    hardmax *and* softmax; the value map is stored as the factor pair (rank 1).
+    hardmax *and* softmax, so this layer is exact in both modes.
     """
-    exact = nm.is_exact(e)
-    d = len(e)
-    return SelfAttention(nm.zeros((0, d), exact), nm.zeros((0, d), exact),
-                         Vo=(c * e).reshape(d, 1), Vi=u.reshape(1, d), rho=nm.like(1, exact))
+    exact = nm.is_exact(V)
+    d = V.shape[0]
+    return SelfAttention(nm.zeros((0, d), exact), nm.zeros((0, d), exact), V=V,
+                         rho=nm.like(1, exact))
 
 
 def point_move(v: np.ndarray, center, gap, delta: np.ndarray, top: bool = False) -> Units:
