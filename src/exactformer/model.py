@@ -190,6 +190,10 @@ def _record_margins(stats, scores, mask, values, P, top_k: int = 8) -> None:
 _GROUP_WIDTH = 256  # stacked units per screen (a run of 64 width-4 point moves)
 _WIDE = 64  # wider FFs (compact mode) are screened alone
 _CHUNK_ENTRIES = 1 << 18  # rows × stacked units per screening chunk (2 MB, cache-sized)
+# OpenBLAS runs a product on several threads above m·n·k ≈ 2^18; on a loaded 2-core machine
+# a (512 × 16)·(16 × 64) product then took 80× longer than single-threaded (measured 5.4 s
+# vs 68 ms per 10⁵ rows), so the screening products stay just below that size
+_BLAS_SINGLE = 1 << 18
 _EVAL_ENTRIES = 1 << 20  # rows × units per evaluation chunk (8 MB)
 _SCREEN_SLACK = 1e-9  # relative: far above the rounding of two evaluation orders
 
@@ -263,7 +267,8 @@ def _apply_sparse_ffs(X: np.ndarray, ffs: list) -> None:
     np.minimum.at(pair_thr, pair_of_unit, -delta[ff_of_unit] - np.concatenate([ff.b for ff in ffs]))
     pair_ff, pair_col = pairs // len(cols), pairs % len(cols)
     multi = np.bincount(pair_ff, minlength=len(ffs)) > 1  # FFs whose rows may repeat
-    rows_per_chunk = max(1, _CHUNK_ENTRIES // max(len(cols), len(pairs)))
+    width = max(len(cols), len(pairs))
+    rows_per_chunk = max(16, min(_CHUNK_ENTRIES // width, _BLAS_SINGLE // (width * X.shape[1])))
     found_rows, found_ff = [], []
     for c in range(0, T, rows_per_chunk):
         t = X[c:c + rows_per_chunk] @ cols.T
