@@ -66,6 +66,7 @@ class Trapezoid:
 
 GOOD_GAP = 1e-6  # accept the first direction at once when gap ≥ this × spread
 MIN_GAP = 1e-8  # never accept less (distinct points are ≥ 1e-7 × scale apart, DESIGN.md §4)
+KEEP_ROWS = 4096  # a trapezoid keeps its candidate rows for the simulation up to this many
 
 
 def trapezoid_along(t: np.ndarray, mine: np.ndarray, v: np.ndarray,
@@ -94,8 +95,11 @@ def trapezoid_along(t: np.ndarray, mine: np.ndarray, v: np.ndarray,
     if float(g) < min_ratio * spread or float(hi - lo) * 20 > float(g):
         return None
     center = (lo + hi) / 2
+    quality = float(g) / max(spread, 1e-300)
     rows = np.flatnonzero(t > center - g / 2)
-    return Trapezoid(v, center, g, len(above) == 0, rows, t[rows], float(g) / max(spread, 1e-300))
+    if len(rows) > KEEP_ROWS:  # many tokens above: recompute later rather than hold them
+        return Trapezoid(v, center, g, len(above) == 0, quality=quality)
+    return Trapezoid(v, center, g, len(above) == 0, rows, t[rows], quality)
 
 
 def find_trapezoid(X: np.ndarray, mine: np.ndarray, v: np.ndarray,
