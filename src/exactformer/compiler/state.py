@@ -73,7 +73,8 @@ class ModelBuilder:
         if self.state.exact:
             self.state.X = ff(X)
             return
-        rows_all, steps = [], []
+        delta = np.zeros_like(X)  # accumulated bundle by bundle: memory stays O(tokens)
+        touched = np.zeros(len(X), dtype=bool)
         for i, u in enumerate(bundles):
             known = where[i] if where is not None else None
             if known is not None and known.rows is not None:
@@ -84,12 +85,10 @@ class ModelBuilder:
                 t = t[rows]
             else:
                 rows, t = np.flatnonzero((X @ u.U.T + u.b > 0).any(axis=1)), None
-            rows_all.append(rows)
-            steps.append(_bundle_steps(u, X, rows, t))
-        rows, where = np.unique(np.concatenate(rows_all), return_inverse=True)
-        total = np.zeros((len(rows), X.shape[1]))
-        np.add.at(total, where, np.concatenate(steps))
-        X[rows] = X[rows] + total
+            delta[rows] += _bundle_steps(u, X, rows, t)  # rows are distinct within a bundle
+            touched[rows] = True
+        rows = np.flatnonzero(touched)
+        X[rows] = X[rows] + delta[rows]
 
     def add_sa(self, sa: SelfAttention, kind: str, attention: str = "hardmax",
                temperature: float = 1.0, X_new: np.ndarray | None = None) -> None:
