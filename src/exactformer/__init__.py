@@ -10,6 +10,7 @@ See DESIGN.md for the architecture (§1), the files (§2), what "exact" means (�
 construction (§4-§5).
 """
 
+from .compiler import compile
 from .dataset import Dataset, load_dataset, save_dataset
 from .errors import (
     CompileError,
@@ -18,7 +19,6 @@ from .errors import (
     InfeasibleError,
     ModelFileError,
 )
-from .compiler import compile
 from .model import Block, FeedForward, SelfAttention, Transformer
 from .verify import Report, verify
 
