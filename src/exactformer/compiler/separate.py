@@ -8,8 +8,6 @@ from __future__ import annotations
 from fractions import Fraction
 
 import numpy as np
-from scipy.sparse import coo_matrix
-from scipy.sparse.csgraph import connected_components
 
 from .. import numeric as nm
 from ..craft import broadcast, translate
@@ -37,6 +35,15 @@ def shift_and_separate(builder: ModelBuilder, rng: np.random.Generator) -> None:
     broadcast_and_classify(builder, rng)
 
 
+def _components(n: int, rows, cols) -> np.ndarray:
+    """Connected components of the undirected graph on n nodes with edges (rows, cols)."""
+    from scipy.sparse import coo_matrix  # imported here: keeps CLI start-up short
+    from scipy.sparse.csgraph import connected_components
+
+    graph = coo_matrix((np.ones(len(rows)), (rows, cols)), shape=(n, n))
+    return connected_components(graph, directed=False)[1]
+
+
 def _classes(st: TokenState, means: np.ndarray, tol, rng) -> np.ndarray:
     """Sequences sharing a value and (almost) the same mean form one class.
 
@@ -47,21 +54,18 @@ def _classes(st: TokenState, means: np.ndarray, tol, rng) -> np.ndarray:
         pairs = exact_duplicates(means)
     else:
         pairs = close_pairs(means, tol, rng)
-    same_mean = coo_matrix((np.ones(len(pairs)), (pairs[:, 0], pairs[:, 1])), shape=(N, N))
-    clusters = connected_components(same_mean, directed=False)[1]
+    clusters = _components(N, pairs[:, 0], pairs[:, 1])
     key = np.stack([st.cls[st.seq], clusters[st.seq], st.value], axis=1)
     _, node = np.unique(key, axis=0, return_inverse=True)
     node = node.ravel()
-    graph = coo_matrix((np.ones(len(node)), (st.seq, N + node)), shape=(N + node.max() + 1,) * 2)
-    _, labels = connected_components(graph, directed=False)
+    labels = _components(N + node.max() + 1, st.seq, N + node)
     return np.unique(labels[:N], return_inverse=True)[1].ravel()
 
 
 def _merge(cls: np.ndarray, pairs: list[tuple[int, int]]) -> np.ndarray:
-    n = cls.max() + 1
     rows, cols = zip(*pairs) if pairs else ((), ())
-    graph = coo_matrix((np.ones(len(rows)), (rows, cols)), shape=(n, n))
-    _, labels = connected_components(graph, directed=False)
+    labels = _components(cls.max() + 1, np.array(rows, dtype=np.int64),
+                         np.array(cols, dtype=np.int64))
     return np.unique(labels[cls], return_inverse=True)[1].ravel()
 
 
