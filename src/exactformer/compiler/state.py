@@ -73,8 +73,10 @@ class ModelBuilder:
         if self.state.exact:
             self.state.X = ff(X)
             return
-        delta = np.zeros_like(X)  # accumulated bundle by bundle: memory stays O(tokens)
-        touched = np.zeros(len(X), dtype=bool)
+        single = len(bundles) == 1  # strict mode: update the rows directly
+        if not single:  # every bundle reads the same X: accumulate, memory O(tokens)
+            delta = np.zeros_like(X)
+            touched = np.zeros(len(X), dtype=bool)
         for i, u in enumerate(bundles):
             known = where[i] if where is not None else None
             if known is not None and known.rows is not None:
@@ -85,7 +87,11 @@ class ModelBuilder:
                 t = t[rows]
             else:
                 rows, t = np.flatnonzero((X @ u.U.T + u.b > 0).any(axis=1)), None
-            delta[rows] += _bundle_steps(u, X, rows, t)  # rows are distinct within a bundle
+            step = _bundle_steps(u, X, rows, t)
+            if single:
+                X[rows] = X[rows] + step
+                return
+            delta[rows] += step  # rows are distinct within a bundle
             touched[rows] = True
         rows = np.flatnonzero(touched)
         X[rows] = X[rows] + delta[rows]
