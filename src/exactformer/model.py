@@ -547,18 +547,19 @@ def _load(path: Path) -> Transformer:
     def shape_of(name):
         return tensors[name].shape if name in tensors else None
 
+    layers = {k.rsplit(".", 1)[0] for k in tensors}  # "blocks.{l}.ff" / "blocks.{l}.sa"
     blocks = []
     for l in range(n_blocks):
         p = f"blocks.{l}."
         ff = sa = None
-        if any(k.startswith(p + "ff.") for k in tensors):
+        if p + "ff" in layers:
             ushape = shape_of(p + "ff.U")
             w = ushape[0] if ushape is not None and len(ushape) == 2 else -1
             if w < 0:
                 raise ModelFileError(f"{path}: tensor {p}ff.U missing or not 2-D")
             ff = FeedForward(get(p + "ff.U", (w, d)), get(p + "ff.b", (w,)),
                              get(p + "ff.W", (d, w)), get(p + "ff.eta", ()))
-        if any(k.startswith(p + "sa.") for k in tensors):
+        if p + "sa" in layers:
             qshape = shape_of(p + "sa.Q")
             h = qshape[0] if qshape is not None and len(qshape) == 2 else -1
             if h < 0:
