@@ -5,7 +5,8 @@ import pytest
 from tests.conftest import random_dataset
 
 import exactformer as ef
-from exactformer.model import Block, FeedForward, Transformer, _record_margins
+from exactformer.model import (Block, FeedForward, Transformer, _apply_wide_ff,
+                               _record_margins)
 
 
 def _dense(model, xs):
@@ -42,10 +43,15 @@ def test_runs_of_point_moves_match_the_dense_pass(seed):
         ff = _trapezoid(rng, d, cur[rng.integers(len(cur))], cur)
         cur = ff(cur)
         blocks.append(Block(ff, None, "move"))
-        if i % 50 == 49:  # width-2 and wide layers in between
+        if i % 50 == 49:  # wide layers in between, each unit on at its top row only
+            # (a row with one active unit has the same sum in any order, and later moves
+            # amplify rounding ~1/gap, so the comparison stays bit-for-bit meaningful)
             U = rng.standard_normal((70, d))
-            blocks.append(Block(FeedForward(U, -np.abs(U @ cur.T).max(1) * 0.9,
-                                            rng.standard_normal((d, 70)) * 0.01, 1.0), None))
+            t = np.sort(U @ cur.T, axis=1)
+            _, one = np.unique(np.argmax(U @ cur.T, axis=1), return_index=True)
+            U, b = U[one], -(t[one, -1] + t[one, -2]) / 2
+            blocks.append(Block(FeedForward(U, b, rng.standard_normal((d, len(U))) * 0.01,
+                                            1.0), None))
             cur = blocks[-1].ff(cur)
     model = Transformer(blocks, d)
     fast = np.concatenate(model.run([X[:100], X[100:]]))
@@ -53,6 +59,24 @@ def test_runs_of_point_moves_match_the_dense_pass(seed):
     np.testing.assert_allclose(fast, ref, rtol=0, atol=1e-12 * np.abs(ref).max())
     moved = np.abs(ref - X).max(axis=1) > 1e-6
     assert moved.sum() > 50  # the test moves points, so a skipped row would show
+
+
+@pytest.mark.parametrize("threshold", [0.0, 0.8, 0.99])
+def test_wide_layers_sum_only_their_active_units(threshold):
+    # a wide layer reading few directions (compact mode) and a dense one (all distinct)
+    rng = np.random.default_rng(5)
+    X = rng.standard_normal((3000, 6))
+    for U in (np.repeat(rng.standard_normal((20, 6)), 5, axis=0), rng.standard_normal((100, 6))):
+        b = -threshold * np.abs(U @ X.T).max(axis=1) + rng.uniform(0, 1e-3, len(U))
+        ff = FeedForward(U, b, rng.standard_normal((6, len(U))), 1.0)
+        ref = ff(X)
+        fast = X.copy()
+        _apply_wide_ff(fast, ff)
+        still = ((X @ U.T + b) <= 0).all(axis=1)
+        assert still.any() or threshold == 0.0
+        np.testing.assert_array_equal(fast[still], X[still])  # inactive rows: untouched
+        np.testing.assert_allclose(fast, ref, rtol=0, atol=1e-13 * np.abs(ref).max())
+        assert np.abs(fast - X).max() > 0.1
 
 
 def test_a_row_that_becomes_active_inside_a_run_is_not_skipped():

@@ -181,21 +181,21 @@ def _record_margins(stats, scores, mask, values, P, top_k: int = 8) -> None:
 
 # -- fast float forward (DESIGN.md §4 "Measured on a prototype") --------------------------
 # An FF with η = 1 leaves every row whose ReLUs are all off bit-for-bit unchanged, and the
-# construction's FFs (point moves, snaps) are active on a few hundred of 10⁵ tokens. So a run
-# of consecutive such FFs is screened with one stacked projection per token chunk (one BLAS
-# call instead of one pass over all tokens per FF), and each FF is then evaluated with its
-# own formula on the rows that may be active only. Rows changed inside the run are tracked
-# with a bound on how far they moved, so a stale screen can never hide an active ReLU.
+# construction's FFs (point moves, snaps) are active on a few hundred of 10⁵ tokens. A run
+# of consecutive such FFs is screened with one stacked projection on the distinct rows of
+# their U (one BLAS call per token chunk instead of one pass over all tokens per FF); each
+# FF is then evaluated with its own formula on its candidate rows only. Rows that an FF of
+# the run changes are candidates of every later FF of the run (a stale screen never hides
+# an active ReLU). A wide FF (compact mode) is a run by itself and is evaluated unit by unit
+# from the screen: its units read a few directions, and a token is above few of them.
 
-_GROUP_WIDTH = 256  # stacked units per screen (a run of 64 width-4 point moves)
-_WIDE = 64  # wider FFs (compact mode) are screened alone
-_CHUNK_ENTRIES = 1 << 18  # rows × stacked units per screening chunk (2 MB, cache-sized)
-# OpenBLAS runs a product on several threads above m·n·k ≈ 2^18; on a loaded 2-core machine
-# a (512 × 16)·(16 × 64) product then took 80× longer than single-threaded (measured 5.4 s
-# vs 68 ms per 10⁵ rows), so the screening products stay just below that size
-_BLAS_SINGLE = 1 << 18
-_EVAL_ENTRIES = 1 << 20  # rows × units per evaluation chunk (8 MB)
+_RUN_FFS = 32  # FFs per screened run
+_RUN_COLUMNS = 64  # distinct U rows per screened run
+_WIDE = 64  # wider FFs (compact mode) are runs by themselves, evaluated unit by unit
+_CHUNK_ENTRIES = 1 << 19  # rows × columns per screening chunk (4 MB, near cache size)
+_CHUNK_ROWS = (64, 8192)  # … within these rows per chunk (BLAS is efficient there, measured)
 _SCREEN_SLACK = 1e-9  # relative: far above the rounding of two evaluation orders
+_DENSE_SHARE = 0.25  # wide FF: a chunk with more active units than this is evaluated densely
 
 
 def _sparse_ok(ff: FeedForward) -> bool:
@@ -209,111 +209,193 @@ def _ff_groups(blocks, single: bool = False) -> dict[int, list]:
     """Block index → run of FFs to apply there ([] for blocks applied by an earlier run).
 
     A run is consecutive blocks with sparse-ready FFs and no attention in between (the
-    attention of a run's last block comes after the run); a wide FF forms a run by itself.
+    attention of a run's last block comes after the run), at most ``_RUN_FFS`` FFs reading
+    at most ``_RUN_COLUMNS`` distinct directions; a wide FF forms a run by itself.
     ``single`` (tracing) makes every FF its own run so each layer's output can be recorded.
     """
     groups: dict[int, list] = {}
     run: list = []
-    start = None
-    width = 0
+    columns: set = set()
     for l, blk in enumerate(blocks):
         ok = blk.ff is not None and _sparse_ok(blk.ff)
-        if ok and run and (single or blk.ff.width >= _WIDE or width + blk.ff.width > _GROUP_WIDTH):
-            run, start, width = [], None, 0
         if ok:
-            if start is None:
-                start = l
+            cols = {r.tobytes() for r in np.asarray(blk.ff.U)}
+            full = (single or blk.ff.width >= _WIDE or len(run) >= _RUN_FFS
+                    or len(columns | cols) > _RUN_COLUMNS)
+            if not run or full:
+                run, columns = [], set()
                 groups[l] = run
             else:
                 groups[l] = []
             run.append(blk.ff)
-            width += blk.ff.width
+            columns |= cols
         if not ok or blk.sa is not None or blk.ff.width >= _WIDE:
-            run, start, width = [], None, 0
+            run, columns = [], set()
     return groups
 
 
-def _apply_sparse_ffs(X: np.ndarray, ffs: list) -> None:
-    """Apply consecutive η = 1 FFs to ``X`` in place, touching only rows that may be active.
+class _Members:
+    """Items grouped by an owner index (CSR layout): ``expand`` lists the items of owners."""
 
-    Each FF is computed with the reference formula (``x + relu(U x + b) Wᵀ``) on its
-    candidate rows; a row is skipped only when the screen proves all its pre-activations
-    ≤ 0 (then the reference leaves it unchanged), so results agree with the dense pass up
-    to the BLAS summation order.
+    def __init__(self, owner: np.ndarray, n_owners: int):
+        self.order = np.argsort(owner, kind="stable")
+        self.ptr = np.searchsorted(owner[self.order], np.arange(n_owners + 1))
+        self.count = np.diff(self.ptr)
+
+    def expand(self, owners: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(position in ``owners``, item) for every item of every listed owner."""
+        reps = self.count[owners]
+        at = np.repeat(np.arange(len(owners)), reps)
+        first = np.repeat(self.ptr[owners] - np.cumsum(reps) + reps, reps)
+        return at, self.order[first + np.arange(len(at))]
+
+
+@dataclass
+class _Screen:
+    """The distinct rows (columns) of some FFs' stacked U and who reads them.
+
+    A unit k on column c is on where ``t_c > −b_k``. Per (FF, column) pair the lowest such
+    threshold, per column the lowest over its pairs: a token below every column threshold
+    has every ReLU off, and one product ``X·colsᵀ`` per token chunk finds the others.
     """
-    T = len(X)
-    if T == 0:
+
+    cols: np.ndarray  # (C, d)
+    col_of_unit: np.ndarray  # (units,)
+    pair_ff: np.ndarray  # (P,) FF of each (FF, column) pair
+    pair_col: np.ndarray  # (P,)
+    pair_thr: np.ndarray  # (P,) lowest unit threshold of the pair (plus the caller's slack)
+    pair_of_unit: np.ndarray  # (units,)
+
+    @classmethod
+    def of(cls, ffs: list) -> _Screen:
+        Us = np.concatenate([ff.U for ff in ffs])
+        cols, col_of_unit = np.unique(Us, axis=0, return_inverse=True)
+        col_of_unit = col_of_unit.reshape(-1)
+        ff_of_unit = np.repeat(np.arange(len(ffs)), [ff.width for ff in ffs])
+        pairs, pair_of_unit = np.unique(ff_of_unit * len(cols) + col_of_unit,
+                                        return_inverse=True)
+        pair_of_unit = pair_of_unit.reshape(-1)
+        pair_thr = np.full(len(pairs), np.inf)
+        np.minimum.at(pair_thr, pair_of_unit, -np.concatenate([ff.b for ff in ffs]))
+        return cls(cols, col_of_unit, pairs // len(cols), pairs % len(cols), pair_thr,
+                   pair_of_unit)
+
+    def prepare(self) -> None:
+        self.col_pairs = _Members(self.pair_col, len(self.cols))
+        self.col_thr = np.full(len(self.cols), np.inf)
+        np.minimum.at(self.col_thr, self.pair_col, self.pair_thr)
+
+    def hits(self, t: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(row of ``t``, pair) for every pair whose threshold the row's ``t`` exceeds."""
+        r, c = np.nonzero(t > self.col_thr)
+        at, pair = self.col_pairs.expand(c)
+        r, c = r[at], c[at]
+        keep = t[r, c] > self.pair_thr[pair]
+        return r[keep], pair[keep]
+
+
+def _chunk_rows(columns: int) -> int:
+    return int(np.clip(_CHUNK_ENTRIES // max(columns, 1), *_CHUNK_ROWS))
+
+
+def _apply_sparse_ffs(X: np.ndarray, ffs: list) -> None:
+    """Apply consecutive η = 1 FFs to ``X`` in place, touching only rows that may be active."""
+    if len(X) == 0:
         return
-    # The construction's units come in bundles reading one direction (a trapezoid: 4 copies
-    # of v; every snap of the strict endgame: the line direction w). So the screen projects
-    # on the distinct rows of the stacked U only, and a unit k on column c is a candidate
-    # where t_c > −δ − b_k: per (FF, column) pair one threshold, the lowest of its units.
-    Us = np.concatenate([ff.U for ff in ffs])
-    cols, col_of_unit = np.unique(Us, axis=0, return_inverse=True)
-    col_of_unit = col_of_unit.reshape(-1)
-    ff_of_unit = np.repeat(np.arange(len(ffs)), [ff.width for ff in ffs])
-    n1 = np.array([float(np.abs(ff.U).sum(axis=1).max()) for ff in ffs])  # |U·Δ| ≤ n1·|Δ|∞
-    bmax = np.array([float(np.abs(ff.b).max()) for ff in ffs])
     xmax = float(np.abs(X).max())
-    if not np.isfinite(xmax):  # let the reference formula propagate inf/nan as it does
+    if not np.isfinite(xmax):  # let the reference formula propagate inf/nan
         for ff in ffs:
             X[:] = ff(X)
         return
+    if len(ffs) == 1 and ffs[0].width >= _WIDE:
+        _apply_wide_ff(X, ffs[0])
+    else:
+        _apply_ff_run(X, ffs, xmax)
+
+
+def _apply_ff_run(X: np.ndarray, ffs: list, xmax: float) -> None:
+    """A run of narrow FFs: one screen, then each FF's reference formula on its candidates.
+
+    A row is skipped by FF g only when a screen (with a slack far above rounding) proves all
+    its pre-activations ≤ 0: the run's screen, or for a row that an earlier FF of the run
+    changed, a new screen of that row right after the change. Then the reference formula
+    leaves it unchanged, so results agree with the dense pass up to BLAS summation order.
+    """
+    sc = _Screen.of(ffs)
+    n1 = np.array([float(np.abs(ff.U).sum(axis=1).max()) for ff in ffs])  # |U·Δ| ≤ n1·|Δ|∞
+    bmax = np.array([float(np.abs(ff.b).max()) for ff in ffs])
     delta = _SCREEN_SLACK * (n1 * xmax + bmax) + 1e-300
-    pair_key = ff_of_unit * len(cols) + col_of_unit
-    pairs, pair_of_unit = np.unique(pair_key, return_inverse=True)
-    pair_of_unit = pair_of_unit.reshape(-1)
-    pair_thr = np.full(len(pairs), np.inf)
-    np.minimum.at(pair_thr, pair_of_unit, -delta[ff_of_unit] - np.concatenate([ff.b for ff in ffs]))
-    pair_ff, pair_col = pairs // len(cols), pairs % len(cols)
-    multi = np.bincount(pair_ff, minlength=len(ffs)) > 1  # FFs whose rows may repeat
-    width = max(len(cols), len(pairs))
-    rows_per_chunk = max(16, min(_CHUNK_ENTRIES // width, _BLAS_SINGLE // (width * X.shape[1])))
+    sc.pair_thr = sc.pair_thr - delta[sc.pair_ff]
+    sc.prepare()
+    step = _chunk_rows(len(sc.cols))
     found_rows, found_ff = [], []
-    for c in range(0, T, rows_per_chunk):
-        t = X[c:c + rows_per_chunk] @ cols.T
-        r, k = np.nonzero(t[:, pair_col] > pair_thr)
+    for c in range(0, len(X), step):
+        r, pair = sc.hits(X[c:c + step] @ sc.cols.T)
         found_rows.append(r + c)
-        found_ff.append(pair_ff[k])
+        found_ff.append(sc.pair_ff[pair])
+    candidates = _Members(np.concatenate(found_ff), len(ffs))
     rows_all = np.concatenate(found_rows)
-    ff_all = np.concatenate(found_ff)
-    order = np.argsort(ff_all, kind="stable")  # per FF: its rows, ascending
-    bounds = np.searchsorted(ff_all[order], np.arange(len(ffs) + 1))
-    drift = np.zeros(T) if len(ffs) > 1 else None  # bound on |x_now − x_screened|∞ per row
-    # rows whose drift may matter to some later FF (the moved points; rounding stays below)
-    drift_min = float(np.min(0.5 * delta / np.maximum(n1, 1e-300)))
-    big = np.zeros(0, dtype=np.int64)
-    in_big = np.zeros(T, dtype=bool) if len(ffs) > 1 else None
+    pending: list[list] = [[] for _ in ffs]  # rows found by screens of changed rows
+    changed = np.zeros(len(X), dtype=bool)  # rows an FF of the run changed: screened again
     for g, ff in enumerate(ffs):
-        rows = rows_all[order[bounds[g]:bounds[g + 1]]]
-        if multi[g]:
-            rows = np.unique(rows)
-        if len(big):
-            moved = big[n1[g] * drift[big] >= 0.5 * delta[g]]
-            if len(moved):  # screened candidates stay candidates, however far they drifted
-                rows = np.union1d(rows, moved)
-        if len(ffs) == 1 and 2 * len(rows) >= T:
-            # mostly active (compact snaps): the reference pass itself, so the summation
-            # order, to which compact snaps are sensitive (DESIGN.md §4), stays the same
-            X[:] = ff(X)
-            return
-        step = max(1, _EVAL_ENTRIES // ff.width)  # wide FFs: bounded memory
-        for i in range(0, len(rows), step):
-            r = rows[i:i + step]
-            x = X[r]
-            pre = x @ ff.U.T + ff.b
-            on = (pre > 0).any(axis=1)
-            if not on.any():
-                continue
-            r, x = r[on], x[on]
-            new = ff.eta * x + nm.relu(pre[on]) @ ff.W.T
-            X[r] = new
-            if g + 1 < len(ffs):
-                drift[r] += np.abs(new - x).max(axis=1)
-                grown = r[(drift[r] >= drift_min) & ~in_big[r]]
-                if len(grown):
-                    in_big[grown] = True
-                    big = np.concatenate([big, grown])
+        rows = rows_all[candidates.expand(np.array([g]))[1]]
+        rows = np.unique(np.concatenate([rows[~changed[rows]], *pending[g]]))
+        if len(rows) == 0:
+            continue
+        x = X[rows]
+        pre = x @ ff.U.T + ff.b
+        on = (pre > 0).any(axis=1)
+        if not on.any():
+            continue
+        r = rows[on]
+        X[r] = x[on] + nm.relu(pre[on]) @ ff.W.T
+        changed[r] = True
+        if g + 1 < len(ffs):  # changed rows: screened again for the FFs still to come
+            hit, pair = sc.hits(X[r] @ sc.cols.T)
+            later = sc.pair_ff[pair] > g
+            for h, rows_h in _by_owner(r[hit[later]], sc.pair_ff[pair[later]]):
+                pending[h].append(rows_h)
+
+
+def _by_owner(items: np.ndarray, owner: np.ndarray):
+    """(owner, its items) for every owner present."""
+    if len(items) == 0:
+        return []
+    o = np.argsort(owner, kind="stable")
+    owners, starts = np.unique(owner[o], return_index=True)
+    return zip(owners.tolist(), np.split(items[o], starts[1:]))
+
+
+def _apply_wide_ff(X: np.ndarray, ff: FeedForward) -> None:
+    """A wide η = 1 FF, evaluated from its distinct columns: ``t = X·colsᵀ`` per token chunk.
+
+    Unit k's pre-activation is ``t[:, col(k)] + b_k`` (its U row *is* that column, so this is
+    the layer's own formula with one product per distinct row of U); only the (token, unit)
+    pairs with a positive pre-activation are summed, in unit order. Chunks where many units
+    are on (a dense layer) are summed as one dense product instead.
+    """
+    sc = _Screen.of([ff])
+    sc.prepare()
+    units_of_pair = _Members(sc.pair_of_unit, len(sc.pair_col))
+    WT = np.ascontiguousarray(ff.W.T)
+    step = _chunk_rows(len(sc.cols))
+    for c in range(0, len(X), step):
+        t = X[c:c + step] @ sc.cols.T  # (rows, columns)
+        r, pair = sc.hits(t)
+        if len(r) == 0:
+            continue
+        if units_of_pair.count[pair].sum() > _DENSE_SHARE * len(t) * ff.width:
+            X[c:c + len(t)] += nm.relu(t[:, sc.col_of_unit] + ff.b) @ WT
+            continue
+        at, units = units_of_pair.expand(pair)
+        rr = r[at]
+        pre = t[rr, sc.pair_col[pair[at]]] + ff.b[units]
+        on = pre > 0
+        rr, units, pre = rr[on], units[on], pre[on]
+        key = np.lexsort((units, rr))  # per row, in unit order
+        rr, units, pre = rr[key], units[key], pre[key]
+        rows, first = np.unique(rr, return_index=True)
+        X[c + rows] += np.add.reduceat(pre[:, None] * WT[units], first, axis=0)
 
 
 @dataclass
