@@ -20,6 +20,7 @@ import numpy as np
 from . import numeric as nm
 from .dataset import write_atomic
 from .errors import ModelFileError
+from .screen import rows_above
 
 FORMAT = "exactformer/1"
 ATTENTIONS = ("hardmax", "softmax")
@@ -181,21 +182,19 @@ def _record_margins(stats, scores, mask, values, P, top_k: int = 8) -> None:
 
 # -- fast float forward (DESIGN.md §4 "Measured on a prototype") --------------------------
 # An FF with η = 1 leaves every row whose ReLUs are all off bit-for-bit unchanged, and the
-# construction's FFs (point moves, snaps) are active on a few hundred of 10⁵ tokens. A run
-# of consecutive such FFs is screened with one stacked projection on the distinct rows of
-# their U (one BLAS call per token chunk instead of one pass over all tokens per FF); each
-# FF is then evaluated with its own formula on its candidate rows only. Rows that an FF of
-# the run changes are candidates of every later FF of the run (a stale screen never hides
-# an active ReLU). A wide FF (compact mode) is a run by itself and is evaluated unit by unit
-# from the screen: its units read a few directions, and a token is above few of them.
+# construction's FFs (point moves, snaps) are active on a few of 10⁵ tokens. A run of
+# consecutive such FFs is screened once (exactformer.screen: one float32 product with the
+# distinct rows of their U, survivors recomputed in float64); each FF is then evaluated
+# with its own formula on its candidate rows only. Rows that an FF of the run changes are
+# screened again for the FFs after it (a stale screen never hides an active ReLU). A wide
+# FF (compact mode) is a run by itself and is evaluated unit by unit from the screen: its
+# units read a few directions each, and a token is above few of them.
 
 _RUN_FFS = 32  # FFs per screened run
 _RUN_COLUMNS = 64  # distinct U rows per screened run
 _WIDE = 64  # wider FFs (compact mode) are runs by themselves, evaluated unit by unit
-_CHUNK_ENTRIES = 1 << 19  # rows × columns per screening chunk (4 MB, near cache size)
-_CHUNK_ROWS = (64, 8192)  # … within these rows per chunk (BLAS is efficient there, measured)
 _SCREEN_SLACK = 1e-9  # relative: far above the rounding of two evaluation orders
-_DENSE_SHARE = 0.25  # wide FF: a chunk with more active units than this is evaluated densely
+_DENSE_SHARE = 0.25  # wide FF: candidate rows with more active units than this go dense
 
 
 def _sparse_ok(ff: FeedForward) -> bool:
@@ -294,10 +293,6 @@ class _Screen:
         return r[keep], pair[keep]
 
 
-def _chunk_rows(columns: int) -> int:
-    return int(np.clip(_CHUNK_ENTRIES // max(columns, 1), *_CHUNK_ROWS))
-
-
 def _apply_sparse_ffs(X: np.ndarray, ffs: list) -> None:
     """Apply consecutive η = 1 FFs to ``X`` in place, touching only rows that may be active."""
     if len(X) == 0:
@@ -327,11 +322,10 @@ def _apply_ff_run(X: np.ndarray, ffs: list, xmax: float) -> None:
     delta = _SCREEN_SLACK * (n1 * xmax + bmax) + 1e-300
     sc.pair_thr = sc.pair_thr - delta[sc.pair_ff]
     sc.prepare()
-    step = _chunk_rows(len(sc.cols))
-    found_rows, found_ff = [], []
-    for c in range(0, len(X), step):
-        r, pair = sc.hits(X[c:c + step] @ sc.cols.T)
-        found_rows.append(r + c)
+    found_rows, found_ff = [np.zeros(0, dtype=np.int64)], [np.zeros(0, dtype=np.int64)]
+    for rows, t in rows_above(X, sc.cols, sc.col_thr):
+        r, pair = sc.hits(t)
+        found_rows.append(rows[r])
         found_ff.append(sc.pair_ff[pair])
     candidates = _Members(np.concatenate(found_ff), len(ffs))
     rows_all = np.concatenate(found_rows)
@@ -371,21 +365,20 @@ def _apply_wide_ff(X: np.ndarray, ff: FeedForward) -> None:
 
     Unit k's pre-activation is ``t[:, col(k)] + b_k`` (its U row *is* that column, so this is
     the layer's own formula with one product per distinct row of U); only the (token, unit)
-    pairs with a positive pre-activation are summed, in unit order. Chunks where many units
-    are on (a dense layer) are summed as one dense product instead.
+    pairs with a positive pre-activation are summed, in unit order. Where most units of the
+    candidate rows are on (compact snaps, a dense layer) those rows take one dense product.
     """
     sc = _Screen.of([ff])
     sc.prepare()
     units_of_pair = _Members(sc.pair_of_unit, len(sc.pair_col))
     WT = np.ascontiguousarray(ff.W.T)
-    step = _chunk_rows(len(sc.cols))
-    for c in range(0, len(X), step):
-        t = X[c:c + step] @ sc.cols.T  # (rows, columns)
+    for at_rows, t in rows_above(X, sc.cols, sc.col_thr):  # t: (rows, columns)
         r, pair = sc.hits(t)
         if len(r) == 0:
             continue
-        if units_of_pair.count[pair].sum() > _DENSE_SHARE * len(t) * ff.width:
-            X[c:c + len(t)] += nm.relu(t[:, sc.col_of_unit] + ff.b) @ WT
+        rows = np.unique(r)
+        if units_of_pair.count[pair].sum() > _DENSE_SHARE * len(rows) * ff.width:
+            X[at_rows[rows]] += nm.relu(t[rows][:, sc.col_of_unit] + ff.b) @ WT
             continue
         at, units = units_of_pair.expand(pair)
         rr = r[at]
@@ -395,7 +388,7 @@ def _apply_wide_ff(X: np.ndarray, ff: FeedForward) -> None:
         key = np.lexsort((units, rr))  # per row, in unit order
         rr, units, pre = rr[key], units[key], pre[key]
         rows, first = np.unique(rr, return_index=True)
-        X[c + rows] += np.add.reduceat(pre[:, None] * WT[units], first, axis=0)
+        X[at_rows[rows]] += np.add.reduceat(pre[:, None] * WT[units], first, axis=0)
 
 
 @dataclass

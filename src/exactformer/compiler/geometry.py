@@ -8,6 +8,7 @@ from fractions import Fraction
 import numpy as np
 
 from .. import numeric as nm
+from ..screen import pairs_above
 
 
 def close_pairs(points: np.ndarray, delta: float, rng: np.random.Generator) -> np.ndarray:
@@ -70,28 +71,32 @@ KEEP_ROWS = 4096  # a trapezoid keeps its candidate rows for the simulation up t
 
 
 def trapezoid_along(t: np.ndarray, mine: np.ndarray, v: np.ndarray,
-                    min_ratio: float = MIN_GAP) -> Trapezoid | None:
+                    min_ratio: float = MIN_GAP, floor=None, spread=None) -> Trapezoid | None:
     """Gap around the tokens ``mine`` (indices of one point's copies) given ``t = X·v``.
 
     Returns None when the gap is tiny against the spread of all tokens along v, or when the
     copies are not much closer to each other than to everything else (then another
     direction is needed). Exact mode computes everything in rationals (a proof).
+    ``floor``: ``t`` lists only the tokens above it (a screen, see :class:`CandidateScreen`);
+    every other token is at most ``floor``. ``spread``: a bound on the spread of all tokens.
     """
     tm = t[mine]
     lo, hi = tm.min(), tm.max()
+    if floor is not None and lo <= floor:
+        return None
     below = t[t < lo]
     above = t[t > hi]
     if len(below) + len(above) + len(tm) < len(t):  # another point inside the copies' range
         return None
-    if len(below) + len(above) == 0:
-        g = abs(hi) if hi != 0 else 1
-    else:
-        g = min(([lo - below.max()] if len(below) else []) +
-                ([above.min() - hi] if len(above) else []))
+    gaps = ([lo - max(below.max(), floor) if floor is not None else lo - below.max()]
+            if len(below) else ([lo - floor] if floor is not None else []))
+    gaps += [above.min() - hi] if len(above) else []
+    g = min(gaps) if gaps else (abs(hi) if hi != 0 else 1)
     if nm.is_exact(t):  # any positive gap is a proof in rationals
         return Trapezoid(v, (lo + hi) / 2, g, len(above) == 0) if g > 0 else None
-    spread = float(max(hi, above.max() if len(above) else hi) -
-                   min(lo, below.min() if len(below) else lo))
+    if spread is None:
+        spread = float(max(hi, above.max() if len(above) else hi) -
+                       min(lo, below.min() if len(below) else lo))
     if float(g) < min_ratio * spread or float(hi - lo) * 20 > float(g):
         return None
     center = (lo + hi) / 2
@@ -113,15 +118,33 @@ def _rational(v: np.ndarray) -> np.ndarray:
     return np.array([Fraction(float(c)).limit_denominator(1 << 10) for c in v], dtype=object)
 
 
+def first_choice(Z: np.ndarray, reference: np.ndarray, away: np.ndarray | None = None):
+    """Unit directions ``z − reference`` with the components along ``away`` removed.
+
+    ``away`` (k×d, orthonormal columns' transpose): directions the moves should not read.
+    The leader moves pass the collapse plane and the mean, so every destination (least-norm
+    points, in the plane's span) and the mean sit at one level t = 0 along v, far below a
+    point z at the top. Where the projection vanishes (d ≤ 3) the plain ``z − reference``.
+    """
+    V = np.atleast_2d(Z - reference)
+    if away is not None and len(away) < V.shape[1] - 1:
+        P = V - (V @ away.T) @ away
+        keep = np.linalg.norm(P, axis=1) > 1e-6 * np.linalg.norm(V, axis=1)
+        V = np.where(keep[:, None], P, V)
+    norms = np.linalg.norm(V, axis=1)
+    return V / np.where(norms > 0, norms, 1.0)[:, None], norms > 0
+
+
 def choose_trapezoid(X: np.ndarray, mine: np.ndarray, rng: np.random.Generator,
-                     reference: np.ndarray | None = None, tries: int = 32) -> Trapezoid:
+                     reference: np.ndarray | None = None, tries: int = 32,
+                     away: np.ndarray | None = None) -> Trapezoid:
     """A direction along which the point ``X[mine]`` is well isolated (DESIGN.md §4).
 
-    First ``z - reference`` (``reference``: a mean of the tokens; puts z near the top), then
-    random directions; in exact mode the direction is a simple rational close to the float
-    one, so weights stay small. A gap ≥ GOOD_GAP × spread is taken at once; otherwise the
-    widest of several directions (at least MIN_GAP × spread), since rounding on the tokens
-    above a trapezoid grows like spread / gap.
+    First ``z - reference`` (``reference``: a mean of the tokens; puts z near the top; see
+    :func:`first_choice` for ``away``), then random directions; in exact mode the direction
+    is a simple rational close to the float one, so weights stay small. A gap ≥ GOOD_GAP ×
+    spread is taken at once; otherwise the widest of several directions (at least MIN_GAP ×
+    spread), since rounding on the tokens above a trapezoid grows like spread / gap.
     """
     exact = nm.is_exact(X)
     z = nm.to_float(X[mine]).mean(axis=0)
@@ -129,11 +152,14 @@ def choose_trapezoid(X: np.ndarray, mine: np.ndarray, rng: np.random.Generator,
         reference = nm.to_float(X).mean(axis=0)
     best = None
     for attempt in range(tries):
-        v = z - reference if attempt == 0 else rng.standard_normal(X.shape[1])
-        nv = np.linalg.norm(v)
-        if not np.isfinite(nv) or nv == 0:
+        if attempt == 0:
+            V, ok = first_choice(z, reference, None if exact else away)
+            v = V[0] if ok[0] else None
+        else:
+            v = rng.standard_normal(X.shape[1])
+            v = v / np.linalg.norm(v)
+        if v is None:
             continue
-        v = v / nv
         trap = find_trapezoid(X, mine, _rational(v) if exact else v)
         if trap is not None and (exact or trap.quality >= GOOD_GAP):
             return trap
@@ -149,26 +175,77 @@ def choose_trapezoid(X: np.ndarray, mine: np.ndarray, rng: np.random.Generator,
                        f"{tries} directions (points too close?)")
 
 
+GAP_CAP = 1e-3  # screened trapezoids: gaps are capped at this × the spread bound
+
+
+class CandidateScreen:
+    """The tokens that can matter for several points' trapezoids along their first choices.
+
+    One chunked product ``X·Vᵀ`` for all the points' directions keeps, per point, only the
+    tokens above ``t_z − G`` (G = GAP_CAP × a bound on the spread): its trapezoid (gap capped
+    at G) can touch no other token, and on the outermost points (the leaders) that is a
+    handful of tokens instead of a pass over all of them per point. Rows changed after the
+    screen (earlier moves of strict mode) are passed to :meth:`find`, which re-projects them.
+    """
+
+    def __init__(self, X: np.ndarray, mines: list, V: np.ndarray, spread: float):
+        self.mines, self.V, self.spread = mines, V, spread
+        tz = np.array([float(np.mean(X[m] @ v)) for m, v in zip(mines, V)])
+        self.floor = tz - GAP_CAP * spread
+        rows, cols = pairs_above(X, V, self.floor)
+        order = np.argsort(cols, kind="stable")
+        cuts = np.searchsorted(cols[order], np.arange(len(mines) + 1))
+        self.rows = [np.sort(rows[order[cuts[i]:cuts[i + 1]]]) for i in range(len(mines))]
+
+    def find(self, i: int, X: np.ndarray, changed: np.ndarray | None = None) -> Trapezoid | None:
+        """The trapezoid of point ``i`` along its direction (None: look elsewhere)."""
+        rows = self.rows[i]
+        if changed is not None and len(changed):
+            rows = np.union1d(rows, changed)
+        if len(rows) == 0:
+            return None
+        mine = np.searchsorted(rows, self.mines[i])
+        if np.any(mine >= len(rows)) or np.any(rows[np.minimum(mine, len(rows) - 1)]
+                                               != self.mines[i]):
+            return None
+        t = X[rows] @ self.V[i]
+        keep = t > self.floor[i]  # changed rows may have dropped below the floor
+        if not keep[mine].all():
+            return None
+        rows, t = rows[keep], t[keep]
+        mine = np.searchsorted(rows, self.mines[i])
+        trap = trapezoid_along(t, mine, self.V[i], floor=self.floor[i], spread=self.spread)
+        if trap is not None and trap.rows is not None:
+            trap.rows = rows[trap.rows]
+        elif trap is not None:  # more rows above than kept: still known here
+            on = t > trap.center - trap.gap / 2
+            trap.rows, trap.t_rows = rows[on], t[on]
+        return trap
+
+
+def spread_bound(X: np.ndarray, reference: np.ndarray, *more: np.ndarray) -> float:
+    """2 × the largest distance from ``reference``: bounds every spread along a unit v."""
+    r = max(float(np.max(np.linalg.norm(Y - reference, axis=1))) for Y in (X, *more) if len(Y))
+    return 2 * r
+
+
 def choose_trapezoids(X: np.ndarray, mines: list, rng: np.random.Generator,
-                      reference: np.ndarray, chunk: int = 32) -> list[Trapezoid]:
+                      reference: np.ndarray, away: np.ndarray | None = None) -> list[Trapezoid]:
     """:func:`choose_trapezoid` for many points that all read the same X (compact mode).
 
-    The first-choice directions ``z - reference`` are projected in blocks with one matrix
-    product (X is read once per block instead of once per point); points that are not
-    isolated along theirs fall back to random directions.
+    The first-choice directions are screened together (:class:`CandidateScreen`); points
+    not well isolated along theirs fall back to :func:`choose_trapezoid`.
     """
     if nm.is_exact(X) or not mines:
         return [choose_trapezoid(X, m, rng, reference) for m in mines]
-    Z = np.stack([X[m].mean(axis=0) for m in mines]) - reference
-    norms = np.linalg.norm(Z, axis=1)
-    V = Z / np.where(norms > 0, norms, 1.0)[:, None]
+    Z = np.stack([X[m].mean(axis=0) for m in mines])
+    V, ok = first_choice(Z, reference, away)
+    screen = CandidateScreen(X, mines, V, spread_bound(X, reference))
     out: list[Trapezoid] = []
-    for c in range(0, len(mines), chunk):
-        T = V[c:c + chunk] @ X.T  # (chunk, tokens): each row contiguous
-        for i, mine in enumerate(mines[c:c + chunk]):
-            trap = trapezoid_along(T[i], mine, V[c + i]) if norms[c + i] > 0 else None
-            good = trap is not None and trap.quality >= GOOD_GAP
-            out.append(trap if good else choose_trapezoid(X, mine, rng, reference))
+    for i, mine in enumerate(mines):
+        trap = screen.find(i, X) if ok[i] else None
+        good = trap is not None and trap.quality >= GOOD_GAP
+        out.append(trap if good else choose_trapezoid(X, mine, rng, reference, away=away))
     return out
 
 

@@ -58,7 +58,7 @@ class ModelBuilder:
         self.blocks.append(Block(ff=ff, kind=kind))
         self.state.X = ff(self.state.X)
 
-    def add_units(self, bundles: list[Units], kind: str, where: list | None = None) -> None:
+    def add_units(self, bundles: list[Units], kind: str, where: list | None = None) -> np.ndarray:
         """Start a new block with the layer ``x + Σ bundles`` and simulate it bundle by bundle.
 
         A bundle whose units all read one direction v (point moves, snaps) is evaluated only
@@ -66,13 +66,14 @@ class ModelBuilder:
         (x + 0). This keeps a 4000-unit compact layer on 10⁵ tokens cheap (DESIGN.md §4).
         ``where``: per bundle, an object with ``rows`` and ``t_rows`` (the candidate rows and
         their coordinate along the bundle's direction, e.g. a Trapezoid) found earlier.
+        Returns the rows the layer may have changed (all rows in exact mode).
         """
         ff = feed_forward(bundles)
         self.blocks.append(Block(ff=ff, kind=kind))
         X = self.state.X
         if self.state.exact:
             self.state.X = ff(X)
-            return
+            return np.arange(len(X))
         single = len(bundles) == 1  # strict mode: update the rows directly
         if not single:  # every bundle reads the same X: accumulate, memory O(tokens)
             delta = np.zeros_like(X)
@@ -90,11 +91,12 @@ class ModelBuilder:
             step = _bundle_steps(u, X, rows, t)
             if single:
                 X[rows] = X[rows] + step
-                return
+                return rows
             delta[rows] += step  # rows are distinct within a bundle
             touched[rows] = True
         rows = np.flatnonzero(touched)
         X[rows] = X[rows] + delta[rows]
+        return rows
 
     def add_sa(self, sa: SelfAttention, kind: str, attention: str = "hardmax",
                temperature: float = 1.0, X_new: np.ndarray | None = None) -> None:

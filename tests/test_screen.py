@@ -1,0 +1,68 @@
+"""The float32 screen must find exactly the float64 answer: no token above a threshold lost."""
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from exactformer.screen import FLOAT32_FROM, pairs_above, rows_above
+
+
+@settings(max_examples=200, deadline=None)
+@given(seed=st.integers(0, 2**32 - 1), d=st.integers(1, 20), T=st.integers(1, 600),
+       K=st.integers(1, 40), x_exp=st.integers(-300, 290), c_exp=st.integers(-40, 40),
+       nudge=st.sampled_from([0.0, 1e-16, -1e-16, 1e-9, -1e-9, -1e-11, -1e-7]))
+def test_pairs_above_equals_the_float64_comparison(seed, d, T, K, x_exp, c_exp, nudge):
+    rng = np.random.default_rng(seed)
+    X = rng.standard_normal((T, d)) * 10.0**x_exp
+    C = rng.standard_normal((K, d)) * 10.0**c_exp
+    with np.errstate(all="ignore"):
+        t = X @ C.T
+        # thresholds at (or a hair off) actual values: ties and near-ties are the hard cases
+        thr = t[rng.integers(0, T, K), np.arange(K)] * (1 + nudge)
+        # float64 decisions, up to the last-bit differences of BLAS kernels
+        tol = 8 * d * np.finfo(float).eps * np.abs(X) @ np.abs(C).T
+        surely = set(zip(*np.nonzero(t > thr + tol)))
+        maybe = set(zip(*np.nonzero(t > thr - tol)))
+        rows, cols = pairs_above(X, C, thr)
+    got = set(zip(rows.tolist(), cols.tolist()))
+    assert surely <= got <= maybe
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_a_row_a_hair_above_its_threshold_is_found(seed):
+    # only the top row of each direction is above, by 1e-9 relative: far below float32's
+    # resolution, so without the slack the float32 pass would drop about half of them
+    rng = np.random.default_rng(seed)
+    X = rng.standard_normal((3000, 16)) * 10.0 ** rng.integers(-100, 100)
+    C = rng.standard_normal((4 * FLOAT32_FROM, 16))
+    t = X @ C.T
+    top = t.max(axis=0)
+    thr = top - 1e-9 * np.abs(top)
+    rows, cols = pairs_above(X, C, thr)
+    assert set(zip(rows.tolist(), cols.tolist())) == set(zip(*np.nonzero(t > thr)))
+    assert len(rows) >= len(C)
+
+
+def test_rows_above_returns_float64_products_and_respects_a_row_subset():
+    rng = np.random.default_rng(0)
+    X = rng.standard_normal((5000, 16))
+    C = rng.standard_normal((3 * FLOAT32_FROM, 16))  # the float32 path
+    thr = np.quantile(X @ C.T, 0.999, axis=0)
+    subset = np.sort(rng.choice(5000, 2000, replace=False))
+    got = list(rows_above(X, C, thr, rows=subset))
+    rows = np.concatenate([r for r, _ in got])
+    t = np.concatenate([t for _, t in got])
+    np.testing.assert_allclose(t, X[rows] @ C.T, rtol=0, atol=1e-13)
+    assert np.all((t > thr).any(axis=1))
+    want = subset[(X[subset] @ C.T > thr).any(axis=1)]
+    np.testing.assert_array_equal(np.sort(rows), want)
+    assert 0 < len(rows) < 100  # the screen is selective, not a pass-through
+
+
+def test_infinite_thresholds():
+    X = np.ones((10, 3))
+    C = np.ones((FLOAT32_FROM, 3))
+    thr = np.array([np.inf, -np.inf] + [10.0] * (FLOAT32_FROM - 2))
+    rows, cols = pairs_above(X, C, thr)
+    assert set(cols.tolist()) == {1} and len(rows) == 10
