@@ -137,16 +137,17 @@ def _length_buckets(segments: np.ndarray, max_entries: int = 2_000_000):
             yield s[:, None] + np.arange(n)[None, :]
 
 
-def _record_margins(stats, scores, mask, values, P, top_k: int = 8) -> None:
+def _record_margins(stats, scores, mask, values, P) -> None:
     """Smallest relative score margin between a token's argmax set and the distinct tokens.
 
     DESIGN.md §3: margins are measured between points meant to be distinct, so tokens whose
     value equals (to 1e-9 relative) the mean value of the argmax set are left out.
 
-    The rival of a token is the best-scoring distinct token. For hardmax it is found among
-    the ``top_k`` best scores (if one of them is distinct, no lower score can be the
-    rival), falling back to all tokens for the rare rows where none is; this avoids a
-    (B, n, n, d) distance array (1.3 GB per 10⁵ tokens).
+    The rival of a token is the best-scoring distinct token. For hardmax: the top score if a
+    member of the argmax set is itself distinct (a tie: margin 0), else the best score
+    outside the set if that token is distinct (then no lower score can be the rival), else
+    (a near-copy just below the top, rare) the best over all distinct tokens of that row.
+    This avoids a (B, n, n, d) distance array (1.3 GB per 10⁵ tokens).
     """
     s = nm.to_float(scores)
     v = nm.to_float(values)
@@ -158,15 +159,24 @@ def _record_margins(stats, scores, mask, values, P, top_k: int = 8) -> None:
     scale_s = np.max(np.abs(s), axis=2)
     top = s.max(axis=2)
     B, n = s.shape[:2]
-    if P is None and n > top_k:
-        idx = np.argpartition(-s, top_k - 1, axis=2)[..., :top_k]  # (B, n, k)
-        vk = v[np.arange(B)[:, None, None], idx]  # (B, n, k, dv)
-        distinct_k = np.max(np.abs(vk - target[:, :, None, :]), axis=3) > tol
-        rival = np.where(distinct_k, np.take_along_axis(s, idx, 2), -np.inf).max(axis=2)
-        bi, ii = np.nonzero(~distinct_k.any(axis=2))
-        if len(bi):  # no distinct token among the best k: look at all of them
-            dist = np.max(np.abs(v[bi] - target[bi, ii][:, None, :]), axis=2)  # (r, n)
-            rival[bi, ii] = np.where(dist > tol, s[bi, ii], -np.inf).max(axis=1)
+
+    def distinct_in(bi, ii):  # (rows, n): which tokens of these rows are distinct
+        return np.max(np.abs(v[bi] - target[bi, ii][:, None, :]), axis=2) > tol
+
+    if P is None:
+        outside = np.where(m, -np.inf, s)
+        j2 = outside.argmax(axis=2)  # (B, n): best token outside the argmax set
+        second = np.take_along_axis(outside, j2[..., None], 2)[..., 0]
+        v2 = v[np.arange(B)[:, None], j2]  # (B, n, dv)
+        near_copy = np.max(np.abs(v2 - target), axis=2) <= tol
+        rival = np.where(near_copy, -np.inf, second)
+        bi, ii = np.nonzero(near_copy & np.isfinite(second))
+        if len(bi):
+            rival[bi, ii] = np.where(distinct_in(bi, ii), s[bi, ii], -np.inf).max(axis=1)
+        bi, ii = np.nonzero(count[..., 0] > 1)  # a tie of distinct tokens has margin 0
+        if len(bi):
+            tie = (distinct_in(bi, ii) & m[bi, ii]).any(axis=1)
+            rival[bi[tie], ii[tie]] = top[bi[tie], ii[tie]]
     else:
         dist = np.max(np.abs(v[:, None, :, :] - target[:, :, None, :]), axis=3)  # (B, n, n)
         distinct = dist > tol

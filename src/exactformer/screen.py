@@ -14,9 +14,10 @@ from __future__ import annotations
 import numpy as np
 
 _U32 = float(np.finfo(np.float32).eps) / 2  # unit roundoff of float32
-CHUNK_ENTRIES = 1 << 19  # tokens × directions per float32 block (2 MB)
+CHUNK_ENTRIES = 1 << 20  # tokens × directions per float32 block (4 MB)
 CHUNK_ROWS = (64, 8192)
 FLOAT32_FROM = 8  # directions: below this many the float64 product alone is as fast
+COLUMN_BLOCK = 1024  # directions per float32 product
 
 
 def chunk_rows(columns: int) -> int:
@@ -37,57 +38,55 @@ def rows_above(X: np.ndarray, cols: np.ndarray, thr: np.ndarray, rows=None):
     ``t = X[rows] @ cols.T`` in float64 for the rows that float32 could not rule out (the
     callers decide on this t, so every decision is a float64 one; BLAS may round a product
     of other shape differently in the last bit). ``rows``: screen only these rows of X.
-    Block and directions are scaled by powers of two (exact) to norms near 1; a row is then
-    ruled out only if ``t32 ≤ θ − slack`` for every k, ``slack = 2(d+2)·u₃₂·|x|₂·|c|₂`` plus
-    an absolute term for float32 underflow: twice the bound on the float32 error of ``⟨c,x⟩``
-    (Higham, *Accuracy and Stability*, §3.1; the casts to float32 count as 2 more terms).
+
+    The float32 pass computes ``s = ⟨x, c⟩ − L`` with ``L = θ − slack`` as one product
+    (x extended by 1, c by −L), after exact power-of-two scaling of X and the directions to
+    entries near 1. A true hit has ``⟨x,c⟩ − L > slack``; the float32 error of s (d + 1
+    products, casts included) is at most ``(d+4)·u₃₂·(|x|₂|c|₂ + |L|)`` (Higham, *Accuracy
+    and Stability*, §3.1), so ``slack = 4(d+4)·u₃₂·(|x|₂|c|₂ + |θ|)`` plus an absolute term
+    for float32 underflow keeps every true hit at s > 0, with |x|₂ ≤ √d·max|x_i| over X.
     """
     idx = np.arange(len(X)) if rows is None else np.asarray(rows)
     if len(idx) == 0 or len(cols) == 0:
         return
     d = X.shape[1]
-    step = chunk_rows(len(cols))
-    if len(cols) < FLOAT32_FROM:  # a few directions: the float64 product is as cheap
-        for s in range(0, len(idx), step):
-            r = idx[s:s + step] if rows is not None else slice(s, s + step)
-            t = X[r] @ cols.T
-            keep = np.flatnonzero((t > thr).any(axis=1))
-            yield (idx[s:s + step][keep] if rows is not None else keep + s), t[keep]
-        return
+    K = len(cols)
+    block = min(K, COLUMN_BLOCK)
+    step = chunk_rows(block)
+    xmax = float(np.max(np.abs(X if rows is None else X[idx])))
     cmax = float(np.abs(cols).max())
-    ec = _exponent(cmax)
+    if K < FLOAT32_FROM or not np.isfinite(xmax * cmax * d) or xmax * cmax * d > 1e300:
+        for s in range(0, len(idx), step):  # few directions, or products near overflow:
+            r = idx[s:s + step]  # the float64 product alone
+            t = X[r] @ cols.T
+            keep = np.flatnonzero(~(t <= thr).all(axis=1))
+            yield r[keep], t[keep]
+        return
+    ex, ec = _exponent(xmax), _exponent(cmax)
     cols_s = np.ldexp(cols, ec)
-    cnorm = np.linalg.norm(cols_s, axis=1)
-    cols32 = np.ascontiguousarray(cols_s.T, dtype=np.float32)
-    kappa = 2 * (d + 2) * _U32
+    th = np.ldexp(thr, ex + ec)
+    xnorm = np.sqrt(d) * np.ldexp(xmax, ex)
     tiny = 1e-36 * (d + 2)  # float32 underflow: far above its absolute errors (~1e-45 each)
-    x32 = np.empty((step, d), dtype=np.float32)
+    with np.errstate(over="ignore", invalid="ignore"):
+        slack = 4 * (d + 4) * _U32 * (xnorm * np.linalg.norm(cols_s, axis=1) + np.abs(th))
+        low = np.where(np.isfinite(th), th - slack - tiny, th)  # ±inf: never / always above
+        cols32 = np.vstack([cols_s.T, -low[None, :]]).astype(np.float32)
+    scale = 2.0 ** ex
+    x32 = np.ones((step, d + 1), dtype=np.float32)
     for s in range(0, len(idx), step):
         r = idx[s:s + step]
         x = X[r] if rows is not None else X[s:s + step]
-        xmax = max(float(x.max()), -float(x.min()))
-        if not np.isfinite(xmax * cmax * d) or xmax * cmax * d > 1e300:
-            t = x @ cols.T  # products near overflow: float64 alone decides
-            keep = np.flatnonzero(~(t <= thr).all(axis=1))
-            yield r[keep], t[keep]
-            continue
-        ex = _exponent(xmax)
         xb = x32[:len(x)]
-        np.multiply(x, 2.0 ** ex, out=xb, casting="unsafe")  # exact scaling, then the cast
-        slack = kappa * (np.sqrt(d) * xmax * 2.0 ** ex) * cnorm + tiny  # |x|₂ ≤ √d·max|x_i|
-        th = np.ldexp(thr, ex + ec)
-        with np.errstate(over="ignore", invalid="ignore"):
-            t32 = xb @ cols32
-            # the float32 casts of the threshold round too: 2u₃₂ of it more (the sign of a
-            # float32 difference is exact; an infinite threshold needs no margin)
-            t32 -= (th - slack).astype(np.float32)
-            t32 += np.where(np.isfinite(th), (np.abs(th) + slack) * (2 * _U32) + tiny,
-                            0.0).astype(np.float32)
-            keep = np.flatnonzero(t32.max(axis=1) > 0)
+        np.multiply(x, scale, out=xb[:, :d], casting="unsafe")  # exact scaling, then the cast
+        hit = np.zeros(len(x), dtype=bool)
+        for j in range(0, K, block):
+            with np.errstate(over="ignore", invalid="ignore"):
+                hit |= (xb @ cols32[:, j:j + block]).max(axis=1) > 0
+        keep = np.flatnonzero(hit)
         if len(keep):
             t = x[keep] @ cols.T
-            hit = (t > thr).any(axis=1)
-            yield r[keep[hit]], t[hit]
+            on = (t > thr).any(axis=1)
+            yield r[keep[on]], t[on]
 
 
 def pairs_above(X: np.ndarray, cols: np.ndarray, thr: np.ndarray):

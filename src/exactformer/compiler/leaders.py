@@ -168,13 +168,14 @@ def place_leaders(builder: ModelBuilder, dest: Destinations, rng, compact: bool,
         if progress is not None:
             progress("leaders", len(layers), len(layers))
         return
+    # moves change leaders only, onto destinations: one bound on the spread holds throughout
+    spread = None if st.exact else spread_bound(st.X, reference, nm.to_float(dest.point))
     for b in range(0, len(mines), MOVES_PER_SCREEN):
         block = list(zip(mines, dest.moves))[b:b + MOVES_PER_SCREEN]
         screen, changed = None, np.zeros(0, dtype=np.int64)
         if not st.exact:
             Z = np.stack([st.X[m].mean(axis=0) for m, _ in block])
             V, ok = first_choice(Z, reference, away)
-            spread = spread_bound(st.X, reference, dest.point)
             screen = CandidateScreen(st.X, [m for m, _ in block], V, spread)
         for i, (mine, (_, k)) in enumerate(block):
             trap = screen.find(i, st.X, changed) if screen is not None and ok[i] else None
