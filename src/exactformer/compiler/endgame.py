@@ -5,6 +5,9 @@ the line spanned by ``w``, just above the targets; then, from the highest cluste
 one-sided ReLU layers send the whole half-line above a threshold onto a target. Lower
 points (other clusters, finished outputs) have every ReLU exactly 0, so finished outputs
 are never disturbed. Compact mode puts many clusters in one layer, split by an error budget.
+
+The simulation of a snap layer touches only its own clusters' tokens (O(cluster), not
+O(tokens) per layer): see :func:`snap_all` for why every other token is exactly unchanged.
 """
 
 from __future__ import annotations
@@ -78,16 +81,21 @@ class Cluster:
 
 
 def _clusters(builder: ModelBuilder, dest: Destinations, targets: np.ndarray,
-              w: np.ndarray, widen: bool = False) -> tuple[list[Cluster], object]:
-    """Line intervals of the destination clusters (ascending) and the highest target.
+              w: np.ndarray, widen: bool = False, s: np.ndarray | None = None
+              ) -> tuple[list[Cluster], object, list[np.ndarray]]:
+    """Line intervals of the destination clusters (ascending), the highest target, and the
+    token indices of each cluster (same order).
 
+    ``s``: the line coordinates ``X·w`` when the caller already has them.
     ``widen``: the simulated positions are ideal (exact softmax); every interval is widened
     by 1/20 of the smallest spacing, far more than the softmax collapse can move a token.
     """
     st = builder.state
-    s = st.X @ w
+    if s is None:
+        s = st.X @ w
     order = np.argsort(dest.token_dest, kind="stable")
     ids, starts = np.unique(dest.token_dest[order], return_index=True)
+    tokens = np.split(order, starts[1:])
     so = s[order]
     lows = np.minimum.reduceat(so, starts)
     highs = np.maximum.reduceat(so, starts)
@@ -98,6 +106,7 @@ def _clusters(builder: ModelBuilder, dest: Destinations, targets: np.ndarray,
         margin = min(b - a for a, b in zip(levels[:-1], levels[1:])) / 20
         lows, highs = lows - margin, highs + margin
     clusters = [Cluster(lows[i], highs[i], targets[dest.target[ids[i]]]) for i in rank]
+    tokens = [tokens[i] for i in rank]
     below = top_target
     for i, c in enumerate(clusters):
         gap = float(c.low - below)
@@ -109,28 +118,55 @@ def _clusters(builder: ModelBuilder, dest: Destinations, targets: np.ndarray,
                 f"from {which} (gap {gap:.3g})"
             )
         below = c.high
-    return clusters, top_target
+    return clusters, top_target, tokens
 
 
-def _terms(w: np.ndarray, floor, pair: list[Cluster], s_top: float, units: slice) -> float:
-    """Σ |W_u|·relu(pre_u) at the line point ``s_top`` for some units of a snap layer."""
-    built = snap(w, floor, [(c.low, c.high, c.target) for c in pair], exact=False)
-    pre = nm.relu(built.U[units] @ w * s_top / float(w @ w) + built.b[units])
-    return float(np.sum(np.max(np.abs(built.W[:, units]), axis=0) * pre))
+def _unit_costs(w: np.ndarray, floors: list, clusters: list[Cluster]) -> dict:
+    """Per cluster, what the rounding estimate of a compact snap layer needs, for all at once.
+
+    Head units of a layer whose lowest cluster is k (floor ``floors[k]``): thresholds
+    ``b1, b2`` and ``max|c1|, max|c2|``; ramp from cluster k-1 to k: thresholds ``a, e`` and
+    ``max|jump|``. Same float operations as :func:`~exactformer.craft.snap`, elementwise, so
+    the values are bit-for-bit those of the built layers (one ``snap`` call per cluster
+    cost ~120 µs: 1.2 s for 10⁴ clusters).
+    """
+    lows = np.array([c.low for c in clusters], dtype=np.float64)
+    highs = np.array([c.high for c in clusters], dtype=np.float64)
+    Y = np.stack([c.target for c in clusters]).astype(np.float64)
+    fl = np.array(floors, dtype=np.float64)
+    unit = w / (w @ w)
+    b1 = fl + (lows - fl) / 3
+    b2 = fl + 2 * (lows - fl) / 3
+    c1 = (Y - b2[:, None] * unit) / (b2 - b1)[:, None]
+    c2 = -unit - c1
+    a = highs[:-1] + (lows[1:] - highs[:-1]) / 3
+    e = highs[:-1] + 2 * (lows[1:] - highs[:-1]) / 3
+    jump = (Y[1:] - Y[:-1]) / (e - a)[:, None]
+    # ⟨U_u, w⟩ as the layer's rows compute it (head: rows 0-1 of 2, ramp: rows 2-3 of 4)
+    qh = np.stack([w] * 2) @ w
+    qr = np.stack([w] * 4)[2:4] @ w
+    return {"b1": b1.tolist(), "b2": b2.tolist(), "h1": np.max(np.abs(c1), axis=1).tolist(),
+            "h2": np.max(np.abs(c2), axis=1).tolist(), "a": [0.0] + a.tolist(),
+            "e": [0.0] + e.tolist(), "r": [0.0] + np.max(np.abs(jump), axis=1).tolist(),
+            "qh": qh.tolist(), "qr": qr.tolist(), "ww": float(w @ w)}
 
 
-def _chunk_start(w, floors, clusters: list[Cluster], hi: int, budget: float) -> int:
+def _chunk_start(costs: dict, clusters: list[Cluster], hi: int, budget: float) -> int:
     """Lowest cluster index of the compact snap layer that ends at cluster ``hi - 1``.
 
-    First-order rounding estimate of the layer at its top point: eps · Σ |terms| (DESIGN.md
-    §4 compact mode). Growing the layer downward by one cluster adds one ramp and moves the
-    two head units, so the estimate is updated in O(1) per cluster.
+    First-order rounding estimate of the layer at its top point: eps · Σ |W_u|·relu(pre_u)
+    (DESIGN.md §4 compact mode). Growing the layer downward by one cluster adds one ramp and
+    moves the two head units, so the estimate is updated in O(1) per cluster.
     """
     s_top = float(clusters[hi - 1].high)
+    (qh0, qh1), (qr0, qr1), ww = costs["qh"], costs["qr"], costs["ww"]
     lo, ramps = hi - 1, 0.0
     while lo > 0:
-        ramp = _terms(w, floors[lo - 1], clusters[lo - 1:lo + 1], s_top, slice(2, 4))
-        head = _terms(w, floors[lo - 1], clusters[lo - 1:lo], s_top, slice(0, 2))
+        k = lo - 1
+        ramp = (costs["r"][lo] * max(qr0 * s_top / ww + -costs["a"][lo], 0.0)
+                + costs["r"][lo] * max(qr1 * s_top / ww + -costs["e"][lo], 0.0))
+        head = (costs["h1"][k] * max(qh0 * s_top / ww + -costs["b1"][k], 0.0)
+                + costs["h2"][k] * max(qh1 * s_top / ww + -costs["b2"][k], 0.0))
         if EPS * (ramps + ramp + head) > budget:
             break
         ramps += ramp
@@ -138,27 +174,74 @@ def _chunk_start(w, floors, clusters: list[Cluster], hi: int, budget: float) -> 
     return lo
 
 
+@dataclass
+class _Rows:
+    """Candidate rows of a snap layer and their coordinate ``t = ⟨w, x⟩`` (the units' U rows
+    are all ``w``): the ``where`` of :meth:`ModelBuilder.add_units`."""
+
+    rows: np.ndarray
+    t_rows: np.ndarray
+
+
 def snap_all(builder: ModelBuilder, dest: Destinations, targets: np.ndarray, line: Line,
              compact: bool, progress=None, widen: bool = False) -> int:
-    """Snap layers from the highest cluster down; returns the number of snap layers."""
+    """Snap layers from the highest cluster down; returns the number of snap layers.
+
+    Float mode simulates each layer on its own clusters' tokens only (DESIGN.md §4 step 4),
+    with ``s = X·w`` computed once. Every other token has all ReLUs exactly 0, so ``x + 0``
+    leaves it bit-for-bit unchanged:
+
+    * lower clusters (not yet snapped) still sit on the line at ``s ≤ floor``, and every
+      threshold of the layer is above ``floor`` by at least a third of the gap (this holds
+      by construction: the intervals come from the same ``s``);
+    * higher clusters were snapped onto targets, at ``s ≈ ⟨w, y⟩ ≤ top target``, below the
+      lowest threshold of every snap layer (``floor₀ + gap₀/3``).
+
+    The second point depends on the rounding of the earlier snaps. One pass ``X·w`` at the
+    end checks it: every token must end below halfway to the lowest threshold. Tokens of a
+    cluster are untouched until their own layer, so the precomputed ``s`` is still exact there.
+    Exact mode applies every layer to all tokens.
+    """
     st = builder.state
-    clusters, top_target = _clusters(builder, dest, targets, line.w, widen)
+    s = None if st.exact else st.X @ line.w
+    clusters, top_target, tokens = _clusters(builder, dest, targets, line.w, widen, s)
     floors = [top_target] + [c.high for c in clusters[:-1]]
     chunks: list[tuple[int, int]] = []  # [i, j) cluster ranges, top chunk first
     hi = len(clusters)
+    costs = _unit_costs(line.w, floors, clusters) if compact and not st.exact and hi else None
     while hi > 0:
         if not compact:
             lo = hi - 1
         elif st.exact:  # no rounding: one layer
             lo = 0
         else:
-            lo = _chunk_start(line.w, floors, clusters, hi, SNAP_BUDGET * st.scale)
+            lo = _chunk_start(costs, clusters, hi, SNAP_BUDGET * st.scale)
         chunks.append((lo, hi))
         hi = lo
     for n, (lo, hi) in enumerate(chunks):
         group = [(c.low, c.high, c.target) for c in clusters[lo:hi]]
-        builder.add_units([snap(line.w, floors[lo], group, st.exact)], "snap")
+        where = None
+        if s is not None:
+            rows = tokens[lo] if hi == lo + 1 else np.concatenate(tokens[lo:hi])
+            where = [_Rows(rows, s[rows])]
+        builder.add_units([snap(line.w, floors[lo], group, st.exact)], "snap", where)
         if progress is not None and (n % 16 == 0 or n + 1 == len(chunks)):
             progress("snap", n + 1, len(chunks))
+    if s is not None and clusters:
+        _check_landed(st.X @ line.w, top_target, clusters[0].low)
     return len(chunks)
 
+
+def _check_landed(s: np.ndarray, top_target, low0) -> None:
+    """Every token ended below every snap threshold, with room for another rounding order.
+
+    The lowest threshold of all snap layers is ``top + (low₀ − top)/3``; require
+    ``s < top + (low₀ − top)/6``, so every skipped ReLU was off by a sixth of a gap at least.
+    """
+    limit = top_target + (low0 - top_target) / 6
+    worst = int(np.argmax(s))
+    if s[worst] >= limit:
+        raise CompileError(
+            f"internal: token {worst} ended at {s[worst]:.17g} on the line, above the snap "
+            f"limit {limit:.17g} (a snap layer missed it)"
+        )

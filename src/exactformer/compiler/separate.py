@@ -48,6 +48,10 @@ def _classes(st: TokenState, means: np.ndarray, tol, rng) -> np.ndarray:
     """Sequences sharing a value and (almost) the same mean form one class.
 
     Classes only split: the old class is part of the key, so this refines ``st.cls``.
+    Graph nodes: the sequences, then one per (old class, mean cluster, value), numbered in
+    lexicographic order of that triple. The triple is packed into one int64 (the first two
+    are per sequence, ranked first), so the sort is 1-D: np.unique(axis=0) on the (T, 3)
+    triples took ~1.2 s at 10⁶ tokens.
     """
     N = st.n_sequences
     if st.exact:
@@ -55,8 +59,10 @@ def _classes(st: TokenState, means: np.ndarray, tol, rng) -> np.ndarray:
     else:
         pairs = close_pairs(means, tol, rng)
     clusters = _components(N, pairs[:, 0], pairs[:, 1])
-    key = np.stack([st.cls[st.seq], clusters[st.seq], st.value], axis=1)
-    _, node = np.unique(key, axis=0, return_inverse=True)
+    per_seq = st.cls.astype(np.int64) * (int(clusters.max()) + 1) + clusters
+    per_seq = np.unique(per_seq, return_inverse=True)[1].ravel()  # rank of (cls, cluster) < N
+    key = per_seq[st.seq] * (int(st.value.max()) + 1) + st.value  # < N·T
+    _, node = np.unique(key, return_inverse=True)
     node = node.ravel()
     labels = _components(N + node.max() + 1, st.seq, N + node)
     return np.unique(labels[:N], return_inverse=True)[1].ravel()

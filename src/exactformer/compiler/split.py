@@ -36,17 +36,30 @@ def _distinguishing_value(st, analysis: Analysis, members: np.ndarray) -> int:
     return best
 
 
+def _mixed_classes(cls: np.ndarray, group: np.ndarray) -> list[tuple[int, np.ndarray]]:
+    """``(class, member sequences)`` of every class holding more than one group, ascending.
+
+    Sorts once instead of one O(N) scan per class (0.2 s per round at N = 10⁴).
+    """
+    key = cls.astype(np.int64) * (int(group.max()) + 1) + group
+    pair_cls = np.unique(key) // (int(group.max()) + 1)  # one entry per (class, group)
+    mixed = np.unique(pair_cls[1:][pair_cls[1:] == pair_cls[:-1]])
+    if not len(mixed):
+        return []
+    order = np.argsort(cls, kind="stable")  # members in increasing order
+    sorted_cls = cls[order]
+    lo = np.searchsorted(sorted_cls, mixed, side="left")
+    hi = np.searchsorted(sorted_cls, mixed, side="right")
+    return [(c, order[a:b]) for c, a, b in zip(mixed, lo, hi)]
+
+
 def split_classes(builder: ModelBuilder, analysis: Analysis, rng: np.random.Generator,
                   compact: bool, progress=None) -> int:
     """Refine classes until each holds one group; returns the number of split rounds."""
     st = builder.state
     rounds = 0
     while True:
-        todo = []
-        for c in np.unique(st.cls):
-            members = np.flatnonzero(st.cls == c)
-            if len(np.unique(analysis.group[members])) > 1:
-                todo.append((c, members))
+        todo = _mixed_classes(st.cls, analysis.group)
         if not todo:
             return rounds
         if rounds > st.n_sequences + 4:
