@@ -5,7 +5,14 @@ import pytest
 from tests.conftest import random_dataset
 
 import exactformer as ef
-from exactformer.model import Block, FeedForward, Transformer, _apply_wide_ff, _record_margins
+from exactformer.model import (
+    Block,
+    FeedForward,
+    Transformer,
+    _apply_wide_ff,
+    _record_margins,
+    _Screen,
+)
 
 
 def _dense(model, xs):
@@ -70,7 +77,7 @@ def test_wide_layers_sum_only_their_active_units(threshold):
         ff = FeedForward(U, b, rng.standard_normal((6, len(U))), 1.0)
         ref = ff(X)
         fast = X.copy()
-        _apply_wide_ff(fast, ff)
+        _apply_wide_ff(fast, ff, _Screen.of([ff]))
         still = ((X @ U.T + b) <= 0).all(axis=1)
         assert still.any() or threshold == 0.0
         np.testing.assert_array_equal(fast[still], X[still])  # inactive rows: untouched

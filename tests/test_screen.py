@@ -5,7 +5,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from exactformer.screen import FLOAT32_FROM, pairs_above, rows_above
+from exactformer.screen import FLOAT32_FROM, pairs_above
 
 
 @settings(max_examples=200, deadline=None)
@@ -24,7 +24,7 @@ def test_pairs_above_equals_the_float64_comparison(seed, d, T, K, x_exp, c_exp, 
         tol = 8 * d * np.finfo(float).eps * np.abs(X) @ np.abs(C).T
         surely = set(zip(*np.nonzero(t > thr + tol)))
         maybe = set(zip(*np.nonzero(t > thr - tol)))
-        rows, cols = pairs_above(X, C, thr)
+        rows, cols, _ = pairs_above(X, C, thr)
     got = set(zip(rows.tolist(), cols.tolist()))
     assert surely <= got <= maybe
 
@@ -39,30 +39,29 @@ def test_a_row_a_hair_above_its_threshold_is_found(seed):
     t = X @ C.T
     top = t.max(axis=0)
     thr = top - 1e-9 * np.abs(top)
-    rows, cols = pairs_above(X, C, thr)
+    rows, cols, _ = pairs_above(X, C, thr)
     assert set(zip(rows.tolist(), cols.tolist())) == set(zip(*np.nonzero(t > thr)))
     assert len(rows) >= len(C)
 
 
-def test_rows_above_returns_float64_products_and_respects_a_row_subset():
+@pytest.mark.parametrize("K", [3, 3 * FLOAT32_FROM])  # the float64 and float32 paths
+def test_pairs_come_with_their_float64_products_and_respect_a_row_subset(K):
     rng = np.random.default_rng(0)
     X = rng.standard_normal((5000, 16))
-    C = rng.standard_normal((3 * FLOAT32_FROM, 16))  # the float32 path
+    C = rng.standard_normal((K, 16))
     thr = np.quantile(X @ C.T, 0.999, axis=0)
     subset = np.sort(rng.choice(5000, 2000, replace=False))
-    got = list(rows_above(X, C, thr, rows=subset))
-    rows = np.concatenate([r for r, _ in got])
-    t = np.concatenate([t for _, t in got])
-    np.testing.assert_allclose(t, X[rows] @ C.T, rtol=0, atol=1e-13)
-    assert np.all((t > thr).any(axis=1))
-    want = subset[(X[subset] @ C.T > thr).any(axis=1)]
-    np.testing.assert_array_equal(np.sort(rows), want)
-    assert 0 < len(rows) < 100  # the screen is selective, not a pass-through
+    rows, ks, t = pairs_above(X, C, thr, rows=subset)
+    np.testing.assert_allclose(t, np.einsum("ij,ij->i", X[rows], C[ks]), rtol=0, atol=1e-13)
+    assert np.all(t > thr[ks])
+    want = set(zip(*np.nonzero(X[subset] @ C.T > thr)))
+    assert set(zip(np.searchsorted(subset, rows).tolist(), ks.tolist())) == want
+    assert 0 < len(rows) < 10 * K  # the screen is selective, not a pass-through
 
 
 def test_infinite_thresholds():
     X = np.ones((10, 3))
     C = np.ones((FLOAT32_FROM, 3))
     thr = np.array([np.inf, -np.inf] + [10.0] * (FLOAT32_FROM - 2))
-    rows, cols = pairs_above(X, C, thr)
+    rows, cols, _ = pairs_above(X, C, thr)
     assert set(cols.tolist()) == {1} and len(rows) == 10

@@ -20,7 +20,7 @@ import numpy as np
 from . import numeric as nm
 from .dataset import write_atomic
 from .errors import ModelFileError
-from .screen import rows_above
+from .screen import chunks_above
 
 FORMAT = "exactformer/1"
 ATTENTIONS = ("hardmax", "softmax")
@@ -202,7 +202,6 @@ def _record_margins(stats, scores, mask, values, P) -> None:
 
 _RUN_FFS = 32  # FFs per screened run
 _RUN_COLUMNS = 64  # distinct U rows per screened run
-_WIDE = 64  # wider FFs (compact mode) are runs by themselves, evaluated unit by unit
 _SCREEN_SLACK = 1e-9  # relative: far above the rounding of two evaluation orders
 _DENSE_SHARE = 0.25  # wide FF: candidate rows with more active units than this go dense
 
@@ -219,7 +218,8 @@ def _ff_groups(blocks, single: bool = False) -> dict[int, list]:
 
     A run is consecutive blocks with sparse-ready FFs and no attention in between (the
     attention of a run's last block comes after the run), at most ``_RUN_FFS`` FFs reading
-    at most ``_RUN_COLUMNS`` distinct directions; a wide FF forms a run by itself.
+    at most ``_RUN_COLUMNS`` distinct directions; an FF reading more (the compact point
+    moves) forms a run by itself.
     ``single`` (tracing) makes every FF its own run so each layer's output can be recorded.
     """
     groups: dict[int, list] = {}
@@ -229,8 +229,8 @@ def _ff_groups(blocks, single: bool = False) -> dict[int, list]:
         ok = blk.ff is not None and _sparse_ok(blk.ff)
         if ok:
             cols = {r.tobytes() for r in np.asarray(blk.ff.U)}
-            full = (single or blk.ff.width >= _WIDE or len(run) >= _RUN_FFS
-                    or len(columns | cols) > _RUN_COLUMNS)
+            many = len(cols) > _RUN_COLUMNS
+            full = single or many or len(run) >= _RUN_FFS or len(columns | cols) > _RUN_COLUMNS
             if not run or full:
                 run, columns = [], set()
                 groups[l] = run
@@ -238,7 +238,9 @@ def _ff_groups(blocks, single: bool = False) -> dict[int, list]:
                 groups[l] = []
             run.append(blk.ff)
             columns |= cols
-        if not ok or blk.sa is not None or blk.ff.width >= _WIDE:
+            if many:
+                run, columns = [], set()
+        if not ok or blk.sa is not None:
             run, columns = [], set()
     return groups
 
@@ -294,13 +296,11 @@ class _Screen:
         self.col_thr = np.full(len(self.cols), np.inf)
         np.minimum.at(self.col_thr, self.pair_col, self.pair_thr)
 
-    def hits(self, t: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """(row of ``t``, pair) for every pair whose threshold the row's ``t`` exceeds."""
-        r, c = np.nonzero(t > self.col_thr)
+    def hits(self, r: np.ndarray, c: np.ndarray, t: np.ndarray):
+        """(row, pair) for the pairs whose threshold a (row, column, t) hit exceeds."""
         at, pair = self.col_pairs.expand(c)
-        r, c = r[at], c[at]
-        keep = t[r, c] > self.pair_thr[pair]
-        return r[keep], pair[keep]
+        keep = t[at] > self.pair_thr[pair]
+        return r[at][keep], pair[keep]
 
 
 def _apply_sparse_ffs(X: np.ndarray, ffs: list) -> None:
@@ -312,13 +312,14 @@ def _apply_sparse_ffs(X: np.ndarray, ffs: list) -> None:
         for ff in ffs:
             X[:] = ff(X)
         return
-    if len(ffs) == 1 and ffs[0].width >= _WIDE:
-        _apply_wide_ff(X, ffs[0])
+    sc = _Screen.of(ffs)
+    if len(ffs) == 1 and len(sc.cols) > _RUN_COLUMNS:
+        _apply_wide_ff(X, ffs[0], sc)
     else:
-        _apply_ff_run(X, ffs, xmax)
+        _apply_ff_run(X, ffs, xmax, sc)
 
 
-def _apply_ff_run(X: np.ndarray, ffs: list, xmax: float) -> None:
+def _apply_ff_run(X: np.ndarray, ffs: list, xmax: float, sc: _Screen) -> None:
     """A run of narrow FFs: one screen, then each FF's reference formula on its candidates.
 
     A row is skipped by FF g only when a screen (with a slack far above rounding) proves all
@@ -326,16 +327,15 @@ def _apply_ff_run(X: np.ndarray, ffs: list, xmax: float) -> None:
     changed, a new screen of that row right after the change. Then the reference formula
     leaves it unchanged, so results agree with the dense pass up to BLAS summation order.
     """
-    sc = _Screen.of(ffs)
     n1 = np.array([float(np.abs(ff.U).sum(axis=1).max()) for ff in ffs])  # |U·Δ| ≤ n1·|Δ|∞
     bmax = np.array([float(np.abs(ff.b).max()) for ff in ffs])
     delta = _SCREEN_SLACK * (n1 * xmax + bmax) + 1e-300
     sc.pair_thr = sc.pair_thr - delta[sc.pair_ff]
     sc.prepare()
     found_rows, found_ff = [np.zeros(0, dtype=np.int64)], [np.zeros(0, dtype=np.int64)]
-    for rows, t in rows_above(X, sc.cols, sc.col_thr):
-        r, pair = sc.hits(t)
-        found_rows.append(rows[r])
+    for r, c, t in chunks_above(X, sc.cols, sc.col_thr):
+        r, pair = sc.hits(r, c, t)
+        found_rows.append(r)
         found_ff.append(sc.pair_ff[pair])
     candidates = _Members(np.concatenate(found_ff), len(ffs))
     rows_all = np.concatenate(found_rows)
@@ -355,9 +355,11 @@ def _apply_ff_run(X: np.ndarray, ffs: list, xmax: float) -> None:
         X[r] = x[on] + nm.relu(pre[on]) @ ff.W.T
         changed[r] = True
         if g + 1 < len(ffs):  # changed rows: screened again for the FFs still to come
-            hit, pair = sc.hits(X[r] @ sc.cols.T)
+            t = X[r] @ sc.cols.T
+            i, c = np.nonzero(t > sc.col_thr)
+            hit, pair = sc.hits(r[i], c, t[i, c])
             later = sc.pair_ff[pair] > g
-            for h, rows_h in _by_owner(r[hit[later]], sc.pair_ff[pair[later]]):
+            for h, rows_h in _by_owner(hit[later], sc.pair_ff[pair[later]]):
                 pending[h].append(rows_h)
 
 
@@ -370,35 +372,34 @@ def _by_owner(items: np.ndarray, owner: np.ndarray):
     return zip(owners.tolist(), np.split(items[o], starts[1:]))
 
 
-def _apply_wide_ff(X: np.ndarray, ff: FeedForward) -> None:
-    """A wide η = 1 FF, evaluated from its distinct columns: ``t = X·colsᵀ`` per token chunk.
+def _apply_wide_ff(X: np.ndarray, ff: FeedForward, sc: _Screen) -> None:
+    """An η = 1 FF reading many directions (compact point moves), unit by unit.
 
-    Unit k's pre-activation is ``t[:, col(k)] + b_k`` (its U row *is* that column, so this is
-    the layer's own formula with one product per distinct row of U); only the (token, unit)
-    pairs with a positive pre-activation are summed, in unit order. Where most units of the
-    candidate rows are on (compact snaps, a dense layer) those rows take one dense product.
+    The screen gives the float64 ``t = ⟨x, c⟩`` of every (token, column) pair above the
+    column's lowest threshold; unit k's pre-activation is ``t + b_k`` for its column (its U
+    row *is* that column, so this is the layer's own formula with one product per distinct
+    row of U). Only (token, unit) pairs with a positive pre-activation are summed, in unit
+    order; every other pair is proven off by the screen. Rows where most units are on (a
+    dense layer) take one dense product instead.
     """
-    sc = _Screen.of([ff])
     sc.prepare()
-    units_of_pair = _Members(sc.pair_of_unit, len(sc.pair_col))
+    units_of_col = _Members(sc.col_of_unit, len(sc.cols))
     WT = np.ascontiguousarray(ff.W.T)
-    for at_rows, t in rows_above(X, sc.cols, sc.col_thr):  # t: (rows, columns)
-        r, pair = sc.hits(t)
-        if len(r) == 0:
-            continue
-        rows = np.unique(r)
-        if units_of_pair.count[pair].sum() > _DENSE_SHARE * len(rows) * ff.width:
-            X[at_rows[rows]] += nm.relu(t[rows][:, sc.col_of_unit] + ff.b) @ WT
-            continue
-        at, units = units_of_pair.expand(pair)
-        rr = r[at]
-        pre = t[rr, sc.pair_col[pair[at]]] + ff.b[units]
+    for r, c, t in chunks_above(X, sc.cols, sc.col_thr):
+        at, units = units_of_col.expand(c)
+        rr, pre = r[at], t[at] + ff.b[units]
         on = pre > 0
         rr, units, pre = rr[on], units[on], pre[on]
+        if len(rr) == 0:
+            continue
         key = np.lexsort((units, rr))  # per row, in unit order
         rr, units, pre = rr[key], units[key], pre[key]
         rows, first = np.unique(rr, return_index=True)
-        X[at_rows[rows]] += np.add.reduceat(pre[:, None] * WT[units], first, axis=0)
+        if len(rr) > _DENSE_SHARE * len(rows) * ff.width:
+            x = X[rows]
+            X[rows] = x + nm.relu(x @ ff.U.T + ff.b) @ WT
+            continue
+        X[rows] += np.add.reduceat(pre[:, None] * WT[units], first, axis=0)
 
 
 @dataclass

@@ -34,12 +34,13 @@ def _exponent(x: float) -> int:
     return int(-np.round(np.log2(x)))
 
 
-def rows_above(X: np.ndarray, cols: np.ndarray, thr: np.ndarray, rows=None):
-    """Yield ``(rows, t)`` per block of X: the rows with ``X[r]·cols[k] > thr[k]`` for some k.
+def chunks_above(X: np.ndarray, cols: np.ndarray, thr: np.ndarray, rows=None):
+    """Yield ``(r, k, t)`` per block of X: every pair with ``t = X[r]·cols[k] > thr[k]``.
 
-    ``t = X[rows] @ cols.T`` in float64 for the rows that float32 could not rule out (the
-    callers decide on this t, so every decision is a float64 one; BLAS may round a product
-    of other shape differently in the last bit). ``rows``: screen only these rows of X.
+    ``t`` is the float64 dot product of the pair (the callers decide on it, so every
+    decision is a float64 one; another kernel may round it differently in the last bit).
+    ``rows``: screen only these rows of X. Only the pairs float32 could not rule out are
+    computed in float64, so a direction above half of the tokens costs only its own pairs.
 
     The float32 pass computes ``s = ⟨x, c⟩ − L`` with ``L = θ − slack`` as one product
     (x extended by 1, c by −L), after exact power-of-two scaling of X and the directions to
@@ -54,10 +55,10 @@ def rows_above(X: np.ndarray, cols: np.ndarray, thr: np.ndarray, rows=None):
     from threadpoolctl import threadpool_limits  # here: keeps CLI start-up short
 
     with threadpool_limits(1, user_api="blas"):
-        yield from _rows_above(X, cols, thr, idx, rows is not None)
+        yield from _chunks_above(X, cols, thr, idx, rows is not None)
 
 
-def _rows_above(X, cols, thr, idx, subset: bool):
+def _chunks_above(X, cols, thr, idx, subset: bool):
     d = X.shape[1]
     K = len(cols)
     block = min(K, COLUMN_BLOCK)
@@ -66,10 +67,10 @@ def _rows_above(X, cols, thr, idx, subset: bool):
     cmax = float(np.abs(cols).max())
     if K < FLOAT32_FROM or not np.isfinite(xmax * cmax * d) or xmax * cmax * d > 1e300:
         for s in range(0, len(idx), step):  # few directions, or products near overflow:
-            r = idx[s:s + step]  # the float64 product alone
-            t = X[r] @ cols.T
-            keep = np.flatnonzero(~(t <= thr).all(axis=1))
-            yield r[keep], t[keep]
+            x = X[idx[s:s + step]] if subset else X[s:s + step]  # the float64 product alone
+            t = x @ cols.T
+            i, k = np.nonzero(t > thr)
+            yield idx[s + i] if subset else s + i, k, t[i, k]
         return
     ex, ec = _exponent(xmax), _exponent(cmax)
     cols_s = np.ldexp(cols, ec)
@@ -83,28 +84,30 @@ def _rows_above(X, cols, thr, idx, subset: bool):
     scale = 2.0 ** ex
     x32 = np.ones((step, d + 1), dtype=np.float32)
     for s in range(0, len(idx), step):
-        r = idx[s:s + step]
-        x = X[r] if subset else X[s:s + step]
+        x = X[idx[s:s + step]] if subset else X[s:s + step]
         xb = x32[:len(x)]
         np.multiply(x, scale, out=xb[:, :d], casting="unsafe")  # exact scaling, then the cast
-        hit = np.zeros(len(x), dtype=bool)
+        found_i, found_k = [], []
         for j in range(0, K, block):
             with np.errstate(over="ignore", invalid="ignore"):
-                hit |= (xb @ cols32[:, j:j + block]).max(axis=1) > 0
-        keep = np.flatnonzero(hit)
-        if len(keep):
-            t = x[keep] @ cols.T
-            on = (t > thr).any(axis=1)
-            yield r[keep[on]], t[on]
+                s32 = xb @ cols32[:, j:j + block]
+                some = np.flatnonzero(s32.max(axis=1) > 0)  # one fast pass, then the few
+                if len(some):
+                    i, k = np.nonzero(s32[some] > 0)
+                    found_i.append(some[i])
+                    found_k.append(k + j)
+        if not found_i:
+            continue
+        i, k = np.concatenate(found_i), np.concatenate(found_k)
+        t = np.einsum("ij,ij->i", x[i], cols[k])
+        on = t > thr[k]
+        yield (idx[s + i[on]] if subset else s + i[on]), k[on], t[on]
 
 
-def pairs_above(X: np.ndarray, cols: np.ndarray, thr: np.ndarray):
-    """All (row, k) with ``X[row]·cols[k] > thr[k]`` in float64, as two index arrays."""
-    rows, ks = [], []
-    for r, t in rows_above(X, cols, thr):
-        i, k = np.nonzero(t > thr)
-        rows.append(r[i])
-        ks.append(k)
-    if not rows:
-        return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64)
-    return np.concatenate(rows), np.concatenate(ks)
+def pairs_above(X: np.ndarray, cols: np.ndarray, thr: np.ndarray, rows=None):
+    """All pairs of :func:`chunks_above` at once: ``(rows, ks, t)``."""
+    got = list(chunks_above(X, cols, thr, rows))
+    if not got:
+        z = np.zeros(0, dtype=np.int64)
+        return z, z.copy(), np.zeros(0)
+    return tuple(np.concatenate(a) for a in zip(*got))

@@ -192,7 +192,7 @@ class CandidateScreen:
         self.mines, self.V, self.spread = mines, V, spread
         tz = np.array([float(np.mean(X[m] @ v)) for m, v in zip(mines, V)])
         self.floor = tz - GAP_CAP * spread
-        rows, cols = pairs_above(X, V, self.floor)
+        rows, cols, _ = pairs_above(X, V, self.floor)
         order = np.argsort(cols, kind="stable")
         cuts = np.searchsorted(cols[order], np.arange(len(mines) + 1))
         self.rows = [np.sort(rows[order[cuts[i]:cuts[i + 1]]]) for i in range(len(mines))]
