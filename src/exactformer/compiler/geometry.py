@@ -141,8 +141,10 @@ def choose_trapezoid(X: np.ndarray, mine: np.ndarray, rng: np.random.Generator,
     """A direction along which the point ``X[mine]`` is well isolated (DESIGN.md §4).
 
     First ``z - reference`` (``reference``: a mean of the tokens; puts z near the top; see
-    :func:`first_choice` for ``away``), then random directions; in exact mode the direction
-    is a simple rational close to the float one, so weights stay small. A gap ≥ GOOD_GAP ×
+    :func:`first_choice` for ``away``), then that direction tilted by growing random
+    amounts (z stays near the top, so few tokens lie above the trapezoid), then random
+    directions; in exact mode the direction is a simple rational close to the float one,
+    so weights stay small. A gap ≥ GOOD_GAP ×
     spread is taken at once; otherwise the widest of several directions (at least MIN_GAP ×
     spread), since rounding on the tokens above a trapezoid grows like spread / gap.
     """
@@ -151,12 +153,18 @@ def choose_trapezoid(X: np.ndarray, mine: np.ndarray, rng: np.random.Generator,
     if reference is None:
         reference = nm.to_float(X).mean(axis=0)
     best = None
+    V, ok = first_choice(z, reference, None if exact else away)
+    first = V[0] if ok[0] else None
     for attempt in range(tries):
         if attempt == 0:
-            V, ok = first_choice(z, reference, None if exact else away)
-            v = V[0] if ok[0] else None
-        else:
-            v = rng.standard_normal(X.shape[1])
+            v = first
+        else:  # the first choice tilted more and more: z stays near the top for a while
+            v = rng.standard_normal(X.shape[1]) / np.sqrt(X.shape[1])
+            tilt = 0.1 * 2.0 ** (attempt - 1)
+            if first is not None and tilt < 4:
+                v = first + tilt * v
+                if away is not None and not exact and len(away) < len(v) - 1:
+                    v = v - (away @ v) @ away
             v = v / np.linalg.norm(v)
         if v is None:
             continue
