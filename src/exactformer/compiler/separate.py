@@ -37,6 +37,8 @@ def shift_and_separate(builder: ModelBuilder, rng: np.random.Generator) -> None:
 
 def _components(n: int, rows, cols) -> np.ndarray:
     """Connected components of the undirected graph on n nodes with edges (rows, cols)."""
+    if len(rows) == 0:  # no edges (typical: all means apart): skip importing scipy (~0.3 s)
+        return np.arange(n)
     from scipy.sparse import coo_matrix  # imported here: keeps CLI start-up short
     from scipy.sparse.csgraph import connected_components
 
@@ -64,6 +66,12 @@ def _classes(st: TokenState, means: np.ndarray, tol, rng) -> np.ndarray:
     key = per_seq[st.seq] * (int(st.value.max()) + 1) + st.value  # < N·T
     _, node = np.unique(key, return_inverse=True)
     node = node.ravel()
+    lo = np.full(node.max() + 1, N)
+    hi = np.full(node.max() + 1, -1)
+    np.minimum.at(lo, node, st.seq)
+    np.maximum.at(hi, node, st.seq)
+    if np.all(lo == hi):  # no value node shared by two sequences: every class is one sequence
+        return np.arange(N)
     labels = _components(N + node.max() + 1, st.seq, N + node)
     return np.unique(labels[:N], return_inverse=True)[1].ravel()
 
