@@ -200,8 +200,8 @@ def _record_margins(stats, scores, mask, values, P) -> None:
 # FF (compact mode) is a run by itself and is evaluated unit by unit from the screen: its
 # units read a few directions each, and a token is above few of them.
 
-_RUN_FFS = 32  # FFs per screened run
-_RUN_COLUMNS = 64  # distinct U rows per screened run
+_RUN_FFS = 128  # FFs per screened run (measured best: 32 → 128 halved a 2001-block verify)
+_RUN_COLUMNS = 128  # distinct U rows per screened run
 _SCREEN_SLACK = 1e-9  # relative: far above the rounding of two evaluation orders
 _DENSE_SHARE = 0.25  # wide FF: candidate rows with more active units than this go dense
 

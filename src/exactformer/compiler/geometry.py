@@ -160,8 +160,8 @@ def choose_trapezoid(X: np.ndarray, mine: np.ndarray, rng: np.random.Generator,
             v = first
         else:  # the first choice tilted more and more: z stays near the top for a while
             v = rng.standard_normal(X.shape[1]) / np.sqrt(X.shape[1])
-            tilt = 0.1 * 2.0 ** (attempt - 1)
-            if first is not None and tilt < 4:
+            tilt = 0.05 * attempt
+            if first is not None and attempt < tries // 2:
                 v = first + tilt * v
                 if away is not None and not exact and len(away) < len(v) - 1:
                     v = v - (away @ v) @ away

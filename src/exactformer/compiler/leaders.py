@@ -141,7 +141,10 @@ def _outermost_points(st, pid: np.ndarray, classes: np.ndarray, first: np.ndarra
     return np.array([best.get(int(c), int(f)) for c, f in zip(classes, first)])
 
 
-MOVES_PER_SCREEN = 64  # strict mode: leaders whose candidates one screen finds
+MOVES_PER_SCREEN = 128  # strict mode: leaders whose candidates one screen finds
+# strict mode: a row that moved less than this × spread cannot reach a later trapezoid it
+# was screened out of (the screen's floor sits GAP_CAP/2 × spread below every trapezoid)
+DRIFT = 1e-6
 
 
 def place_leaders(builder: ModelBuilder, dest: Destinations, rng, compact: bool,
@@ -183,8 +186,13 @@ def place_leaders(builder: ModelBuilder, dest: Destinations, rng, compact: bool,
                 trap = choose_trapezoid(st.X, mine, rng, reference, away=away)
             layer = point_move(trap.v, trap.center, trap.gap, dest.point[k] - st.X[mine[0]],
                                trap.top)
+            known = trap.rows
+            before = None if known is None or screen is None else st.X[known]
             touched = builder.add_units([layer], "point move", [trap])
             if screen is not None:
+                if before is not None:  # rows above the trapezoid only pick up rounding
+                    drift = np.linalg.norm(st.X[known] - before, axis=1)
+                    touched = known[drift > DRIFT * spread]
                 changed = np.union1d(changed, touched)
             n = b + i + 1
             if progress is not None and (n % 16 == 0 or n == len(mines)):
