@@ -202,6 +202,10 @@ def _record_margins(stats, scores, mask, values, P) -> None:
 
 _RUN_FFS = 128  # FFs per screened run (measured best: 32 → 128 halved a 2001-block verify)
 _RUN_COLUMNS = 128  # distinct U rows per screened run
+# units per run: an FF's candidates include the rows of the FFs before it in the run that
+# read its direction (compact snaps: ~7000 rows each), so long runs of wide FFs hold a
+# quadratic number of candidates (2.7 GB at 10⁶ tokens with 128 compact snaps in one run)
+_RUN_UNITS = 1024
 _SCREEN_SLACK = 1e-9  # relative: far above the rounding of two evaluation orders
 _DENSE_SHARE = 0.25  # wide FF: candidate rows with more active units than this go dense
 
@@ -217,31 +221,34 @@ def _ff_groups(blocks, single: bool = False) -> dict[int, list]:
     """Block index → run of FFs to apply there ([] for blocks applied by an earlier run).
 
     A run is consecutive blocks with sparse-ready FFs and no attention in between (the
-    attention of a run's last block comes after the run), at most ``_RUN_FFS`` FFs reading
-    at most ``_RUN_COLUMNS`` distinct directions; an FF reading more (the compact point
-    moves) forms a run by itself.
+    attention of a run's last block comes after the run), at most ``_RUN_FFS`` FFs with at
+    most ``_RUN_UNITS`` units reading at most ``_RUN_COLUMNS`` distinct directions; an FF
+    reading more (the compact point moves) forms a run by itself.
     ``single`` (tracing) makes every FF its own run so each layer's output can be recorded.
     """
     groups: dict[int, list] = {}
     run: list = []
     columns: set = set()
+    units = 0
     for l, blk in enumerate(blocks):
         ok = blk.ff is not None and _sparse_ok(blk.ff)
         if ok:
             cols = {r.tobytes() for r in np.asarray(blk.ff.U)}
             many = len(cols) > _RUN_COLUMNS
-            full = single or many or len(run) >= _RUN_FFS or len(columns | cols) > _RUN_COLUMNS
+            full = (single or many or len(run) >= _RUN_FFS or units + blk.ff.width > _RUN_UNITS
+                    or len(columns | cols) > _RUN_COLUMNS)
             if not run or full:
-                run, columns = [], set()
+                run, columns, units = [], set(), 0
                 groups[l] = run
             else:
                 groups[l] = []
             run.append(blk.ff)
             columns |= cols
+            units += blk.ff.width
             if many:
-                run, columns = [], set()
+                run, columns, units = [], set(), 0
         if not ok or blk.sa is not None:
-            run, columns = [], set()
+            run, columns, units = [], set(), 0
     return groups
 
 
