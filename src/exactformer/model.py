@@ -282,7 +282,6 @@ class _Screen:
     pair_ff: np.ndarray  # (P,) FF of each (FF, column) pair
     pair_col: np.ndarray  # (P,)
     pair_thr: np.ndarray  # (P,) lowest unit threshold of the pair (plus the caller's slack)
-    pair_of_unit: np.ndarray  # (units,)
 
     @classmethod
     def of(cls, ffs: list) -> _Screen:
@@ -295,8 +294,7 @@ class _Screen:
         pair_of_unit = pair_of_unit.reshape(-1)
         pair_thr = np.full(len(pairs), np.inf)
         np.minimum.at(pair_thr, pair_of_unit, -np.concatenate([ff.b for ff in ffs]))
-        return cls(cols, col_of_unit, pairs // len(cols), pairs % len(cols), pair_thr,
-                   pair_of_unit)
+        return cls(cols, col_of_unit, pairs // len(cols), pairs % len(cols), pair_thr)
 
     def prepare(self) -> None:
         self.col_pairs = _Members(self.pair_col, len(self.cols))
