@@ -130,8 +130,8 @@ def _outermost_points(st, pid: np.ndarray, classes: np.ndarray, first: np.ndarra
     """
     if st.exact:
         return first
-    X = st.X
-    r = np.einsum("ij,ij->i", X - X.mean(axis=0), X - X.mean(axis=0))
+    Xc = st.X - st.X.mean(axis=0)
+    r = np.einsum("ij,ij->i", Xc, Xc)
     ok = ~np.isin(pid, np.fromiter(satellites, dtype=np.int64, count=len(satellites)))
     tok = np.flatnonzero(ok)
     cls_tok = st.cls[st.seq[tok]]
@@ -173,8 +173,9 @@ def place_leaders(builder: ModelBuilder, dest: Destinations, rng, compact: bool,
         return
     # moves change leaders only, onto destinations: one bound on the spread holds throughout
     spread = None if st.exact else spread_bound(st.X, reference, nm.to_float(dest.point))
-    for b in range(0, len(mines), MOVES_PER_SCREEN):
-        block = list(zip(mines, dest.moves))[b:b + MOVES_PER_SCREEN]
+    todo = list(zip(mines, dest.moves))
+    for b in range(0, len(todo), MOVES_PER_SCREEN):
+        block = todo[b:b + MOVES_PER_SCREEN]
         screen, changed = None, np.zeros(0, dtype=np.int64)
         if not st.exact:
             Z = np.stack([st.X[m].mean(axis=0) for m, _ in block])
