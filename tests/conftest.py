@@ -28,7 +28,7 @@ def random_dataset(rng, N=5, n=(2, 6), d=3, m=(1, 2), scale=1.0):
 
 
 def reference_feasible(inputs, targets) -> bool:
-    """DESIGN.md §3 written independently of the compiler: groups by empirical distribution."""
+    """docs/design.md §3 written independently of the compiler: groups by empirical distribution."""
     groups: dict = {}
     for j, x in enumerate(inputs):
         c = Counter(tuple(map(float, row + 0.0)) for row in x)

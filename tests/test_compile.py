@@ -1,4 +1,4 @@
-"""The compiler's contract (DESIGN.md §3-§4): exact outputs, block bounds, the right errors."""
+"""The compiler's contract (docs/design.md §3-§4): exact outputs, block bounds, the right errors."""
 
 import numpy as np
 import pytest

@@ -1,6 +1,6 @@
 """Fast paths of the compiler passes give the results of the plain computations they replace.
 
-The endgame simulates each snap layer on its own clusters' tokens only (DESIGN.md §4 step 4);
+The endgame simulates each snap layer on its own clusters' tokens only (docs/design.md §4 step 4);
 validation and class refinement number values without sorting rows (np.unique(axis=0)).
 """
 
@@ -78,7 +78,7 @@ def test_unique_rows_survives_a_hash_collision(monkeypatch, rng):
 
 
 def _groups_reference(seq, value, n):
-    """DESIGN.md §3 groups, the plain way: reduced count vectors keyed in order of appearance."""
+    """docs/design.md §3 groups, the plain way: reduced count vectors keyed in order of appearance."""
     from math import gcd
 
     keys, group = {}, []

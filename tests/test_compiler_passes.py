@@ -1,4 +1,4 @@
-"""Each pass of the compiler on its own (DESIGN.md §4), on small crafted data."""
+"""Each pass of the compiler on its own (docs/design.md §4), on small crafted data."""
 
 import numpy as np
 import pytest

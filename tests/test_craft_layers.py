@@ -1,4 +1,4 @@
-"""The layer builders on their own (DESIGN.md §4), in float and exact arithmetic."""
+"""The layer builders on their own (docs/design.md §4), in float and exact arithmetic."""
 
 from fractions import Fraction
 

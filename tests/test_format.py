@@ -1,4 +1,4 @@
-"""A reader written from DESIGN.md §1-§2 alone (no exactformer code) runs our files."""
+"""A reader written from docs/design.md §1-§2 alone (no exactformer code) runs our files."""
 
 import numpy as np
 import pytest
@@ -9,7 +9,7 @@ from conftest import random_dataset
 
 
 def independent_forward(path, X):
-    """DESIGN.md §1 on one sequence, straight from the tensors of DESIGN.md §2."""
+    """docs/design.md §1 on one sequence, straight from the tensors of docs/design.md §2."""
     with safe_open(str(path), framework="numpy") as fh:
         meta = fh.metadata()
         T = {k: fh.get_tensor(k) for k in fh.keys()}

@@ -28,7 +28,7 @@ def _dense(model, xs):
 
 
 def _trapezoid(rng, d, z, X):
-    """A point move of DESIGN.md §4 (4 copies of v), some rows above the trapezoid."""
+    """A point move of docs/design.md §4 (4 copies of v), some rows above the trapezoid."""
     v = rng.standard_normal(d)
     gaps = np.abs(X @ v - z @ v)
     g = np.min(gaps[gaps > 1e-9])  # rows at z (and its copies) move, all others are apart

@@ -24,7 +24,7 @@ from exactformer.torch import TorchTransformer, pad_sequences  # noqa: E402
 
 def random_model(seed: int, d: int = 3, n_blocks: int = 5, attention: str = "hardmax",
                  temperature: float = 0.7) -> Transformer:
-    """Random blocks covering every layer variant of DESIGN.md §1-§2.
+    """Random blocks covering every layer variant of docs/design.md §1-§2.
 
     Per block, drawn at random: identity or random FF; identity SA, uniform SA (h = 0),
     all-ties SA (Q = K = 0 with h = 2: every score exactly 0), or a random rank-1/2 SA;
@@ -284,7 +284,7 @@ def small_dataset(seed: int, N: int = 8, d: int = 3):
 
 
 def readout(outputs, ds):
-    """The first m_j output tokens of every sequence (DESIGN.md §3, prefix read-out)."""
+    """The first m_j output tokens of every sequence (docs/design.md §3, prefix read-out)."""
     return [o[: len(y)] for o, y in zip(outputs, ds.targets, strict=True)]
 
 

@@ -1,4 +1,4 @@
-"""Tikhonov training (issue 7, DESIGN.md §6): loss, gradient, robustness, the experiment."""
+"""Tikhonov training (issue 7, docs/design.md §6): loss, gradient, robustness, the experiment."""
 
 from __future__ import annotations
 

@@ -6,7 +6,7 @@
     >>> ef.verify(model, ds).passed
     True
 
-See DESIGN.md for the architecture (§1), the files (§2), what "exact" means (§3) and the
+See docs/design.md for the architecture (§1), the files (§2), what "exact" means (§3) and the
 construction (§4-§5).
 """
 

@@ -1,4 +1,4 @@
-"""Ball-arithmetic certificate for softmax models (DESIGN.md §5, exact mode).
+"""Ball-arithmetic certificate for softmax models (docs/design.md §5, exact mode).
 
 exp is not rational, so a softmax model cannot be run in fractions. It need not be: after
 the collapse every token lies *exactly* on the line spanned by one vector (the projection

@@ -1,6 +1,6 @@
 """Exact classification: labelled sequences compiled as targets that are class code vectors.
 
-A special case of the construction (DESIGN.md §4): every sequence reads out one token, the
+A special case of the construction (docs/design.md §4): every sequence reads out one token, the
 code of its class; destinations are shared by target across groups, so the model needs
 ``N + C + 1`` blocks when the sequences' means differ (one broadcast, one leader move per
 sequence with the collapse folded into the last, one snap per class), against O(N) with a

@@ -1,6 +1,6 @@
 """Datasets of sequences: N input sequences ``(n_j, d)`` and N targets ``(m_j, d)``.
 
-File formats are fixed by DESIGN.md §2: an ``.npz`` with the concatenated tokens and the
+File formats are fixed by docs/design.md §2: an ``.npz`` with the concatenated tokens and the
 lengths, or a JSON twin with nested lists. Every problem found while reading is a
 :class:`DatasetError` with one line naming the sequence and the rule.
 """
@@ -78,7 +78,7 @@ class Dataset:
             f"sum_m={int(self.output_lengths.sum())})"
         )
 
-    # -- rules of DESIGN.md §2-§3 that need no geometry -----------------------------------
+    # -- rules of docs/design.md §2-§3 that need no geometry -----------------------------------
     def check_inputs(self) -> None:
         """The rules on inputs alone: at least one sequence, equal d, non-empty, finite."""
         if len(self.inputs) == 0:
@@ -127,7 +127,7 @@ class Dataset:
             if not np.all(np.isfinite(y)):
                 raise DatasetError(f"sequence {j}: the target contains NaN or inf")
 
-    # -- concatenated view (DESIGN.md §2) -------------------------------------------------
+    # -- concatenated view (docs/design.md §2) -------------------------------------------------
     def concatenated(self) -> dict[str, np.ndarray]:
         return {
             "inputs": np.concatenate(self.inputs).astype(np.float64),
@@ -172,7 +172,7 @@ def _from_npz(path: Path, require_targets: bool = True) -> Dataset:
     if not has_outputs and "labels" not in arrays and require_targets:
         missing.append("outputs")
     if missing:
-        raise DatasetError(f"{path}: missing key(s) {', '.join(missing)} (see DESIGN.md §2)")
+        raise DatasetError(f"{path}: missing key(s) {', '.join(missing)} (see docs/design.md §2)")
     inputs = arrays["inputs"]
     if inputs.ndim != 2 or not np.issubdtype(inputs.dtype, np.number):
         raise DatasetError(f"{path}: 'inputs' must be a numeric (T, d) array, got {inputs.shape}")
@@ -243,7 +243,7 @@ def _from_json(path: Path, require_targets: bool = True) -> Dataset:
 
 
 def load_dataset(path, require_targets: bool = True) -> Dataset:
-    """Read a dataset from ``.npz`` or ``.json`` (DESIGN.md §2) and check the basic rules.
+    """Read a dataset from ``.npz`` or ``.json`` (docs/design.md §2) and check the basic rules.
 
     With ``require_targets=False`` a file with inputs only is accepted (targets empty), e.g.
     for ``exactformer run``. A file that carries ``labels`` instead of ``outputs`` gives a

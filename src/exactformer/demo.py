@@ -1,4 +1,4 @@
-"""The embedded demo dataset: three sequences in R² that exercise every step of DESIGN.md §4.
+"""The embedded demo dataset: three sequences in R² that exercise every step of docs/design.md §4.
 
 * sequences 0 and 2 have the same mean (1, 1) and share the tokens (0,0), (2,2), but their
   distributions differ ((1,1) only in sequence 2): the broadcast cannot tell them apart,

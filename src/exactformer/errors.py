@@ -6,15 +6,15 @@ class ExactformerError(Exception):
 
 
 class DatasetError(ExactformerError):
-    """A dataset file or array that breaks DESIGN.md §2 (format) or §3 (basic rules)."""
+    """A dataset file or array that breaks docs/design.md §2 (format) or §3 (basic rules)."""
 
 
 class InfeasibleError(DatasetError):
-    """A dataset that no permutation-equivariant model can fit (DESIGN.md §3, rules i and ii)."""
+    """A dataset that no permutation-equivariant model can fit (docs/design.md §3, rules i and ii)."""
 
 
 class ModelFileError(ExactformerError):
-    """A model file that is missing, corrupt or foreign (DESIGN.md §2)."""
+    """A model file that is missing, corrupt or foreign (docs/design.md §2)."""
 
 
 class CompileError(ExactformerError):

@@ -1,7 +1,7 @@
-"""The transformer of DESIGN.md §1 in plain numpy: feed-forward + self-attention blocks.
+"""The transformer of docs/design.md §1 in plain numpy: feed-forward + self-attention blocks.
 
 Readable in one file (in the spirit of nanoGPT): the layers, the forward pass on one
-sequence or on many at once, and the ``.safetensors`` format of DESIGN.md §2.
+sequence or on many at once, and the ``.safetensors`` format of docs/design.md §2.
 
 Weights are float64 arrays, or object arrays of Fractions for models built in exact mode
 (then the forward pass is exact rational arithmetic and the file also carries the
@@ -140,7 +140,7 @@ def _length_buckets(segments: np.ndarray, max_entries: int = 2_000_000):
 def _record_margins(stats, scores, mask, values, P) -> None:
     """Smallest relative score margin between a token's argmax set and the distinct tokens.
 
-    DESIGN.md §3: margins are measured between points meant to be distinct, so tokens whose
+    docs/design.md §3: margins are measured between points meant to be distinct, so tokens whose
     value equals (to 1e-9 relative) the mean value of the argmax set are left out.
 
     The rival of a token is the best-scoring distinct token. For hardmax: the top score if a
@@ -190,7 +190,7 @@ def _record_margins(stats, scores, mask, values, P) -> None:
         stats["leak"] = max(stats.get("leak", 0.0), leak)
 
 
-# -- fast float forward (DESIGN.md §4 "Measured on a prototype") --------------------------
+# -- fast float forward (docs/design.md §4 "Measured on a prototype") --------------------------
 # An FF with η = 1 leaves every row whose ReLUs are all off bit-for-bit unchanged, and the
 # construction's FFs (point moves, snaps) are active on a few of 10⁵ tokens. A run of
 # consecutive such FFs is screened once (exactformer.screen: one float32 product with the
@@ -533,7 +533,7 @@ class Transformer:
     def as_exact(self) -> Transformer:
         return self._map(nm.to_exact)
 
-    # -- files (DESIGN.md §2) ------------------------------------------------------------------
+    # -- files (docs/design.md §2) ------------------------------------------------------------------
     def named_tensors(self):
         for l, b in enumerate(self.blocks):
             for prefix, layer in (("ff", b.ff), ("sa", b.sa)):

@@ -1,4 +1,4 @@
-"""Two number systems behind one set of array helpers (DESIGN.md §3).
+"""Two number systems behind one set of array helpers (docs/design.md §3).
 
 Float mode uses float64 arrays. Exact mode uses numpy object arrays of
 :class:`fractions.Fraction`; numpy's ``+ - * @`` work on them unchanged, so the layer

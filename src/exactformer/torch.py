@@ -1,8 +1,8 @@
 """PyTorch twin of :class:`exactformer.Transformer` (``pip install exactformer[torch]``).
 
-Same architecture as DESIGN.md §1 — blocks of ``FF: x ↦ η·x + W·relu(U·x + b)`` then
+Same architecture as docs/design.md §1 — blocks of ``FF: x ↦ η·x + W·relu(U·x + b)`` then
 ``SA: x_i ↦ ρ·x_i + Σ_j P_ij V x_j`` — with every weight an ``nn.Parameter`` whose
-``state_dict`` name is the tensor name of the file format (DESIGN.md §2,
+``state_dict`` name is the tensor name of the file format (docs/design.md §2,
 ``blocks.{l}.ff.U`` …), so compiled models can be run, inspected and trained in PyTorch
 and written back with :meth:`TorchTransformer.save`.
 
@@ -14,7 +14,7 @@ sequences of different lengths with a key padding mask, autograd, devices.
 Masks follow ``torch.nn.MultiheadAttention``'s ``key_padding_mask``: a bool tensor
 ``(batch, n)`` where **True marks padding**. Padding keys get weight 0 in every attention
 layer (hardmax, softmax and uniform), so each real token sees exactly its own sequence
-(attention never crosses sequences, DESIGN.md §1). Outputs at padding positions are
+(attention never crosses sequences, docs/design.md §1). Outputs at padding positions are
 computed but meaningless; ignore them (or mask them out of a loss).
 """
 
@@ -44,7 +44,7 @@ def _numpy(t: torch.Tensor) -> np.ndarray:
 
 
 class TorchFeedForward(nn.Module):
-    """``x ↦ η·x + W·relu(U·x + b)`` per token (DESIGN.md §1; U: w×d, b: w, W: d×w)."""
+    """``x ↦ η·x + W·relu(U·x + b)`` per token (docs/design.md §1; U: w×d, b: w, W: d×w)."""
 
     def __init__(self, U, b, W, eta):
         super().__init__()
@@ -63,7 +63,7 @@ class TorchFeedForward(nn.Module):
 
 
 class TorchSelfAttention(nn.Module):
-    """``x_i ↦ ρ·x_i + Σ_j P_ij V x_j``, scores ``⟨Q x_i, K x_j⟩`` (DESIGN.md §1).
+    """``x_i ↦ ρ·x_i + Σ_j P_ij V x_j``, scores ``⟨Q x_i, K x_j⟩`` (docs/design.md §1).
 
     ``V`` whole or as the factor pair ``Vo @ Vi`` (kept factored: the file format and the
     parameter count stay the same). ``h = 0`` (Q, K of shape ``(0, d)``) is uniform
@@ -101,7 +101,7 @@ class TorchSelfAttention(nn.Module):
         scores = (X @ self.Q.T) @ (X @ self.K.T).transpose(1, 2)
         scores = scores.masked_fill(~keep, float("-inf"))
         if attention == "hardmax" and surrogate is None:
-            # uniform over the exact argmax set, ties included (DESIGN.md §1)
+            # uniform over the exact argmax set, ties included (docs/design.md §1)
             top = scores.amax(dim=2, keepdim=True)
             P = ((scores == top) & keep).to(X.dtype)
             return P / P.sum(dim=2, keepdim=True).clamp(min=1)
@@ -124,7 +124,7 @@ class TorchSelfAttention(nn.Module):
 
 
 class TorchBlock(nn.Module):
-    """FF then SA; a missing layer (``None``) is the identity (DESIGN.md §2)."""
+    """FF then SA; a missing layer (``None``) is the identity (docs/design.md §2)."""
 
     def __init__(self, ff: TorchFeedForward | None, sa: TorchSelfAttention | None, kind=""):
         super().__init__()
@@ -157,7 +157,7 @@ def _float_array(x):
 
 
 class TorchTransformer(nn.Module):
-    """The DESIGN.md §1 transformer as an ``nn.Module``.
+    """The docs/design.md §1 transformer as an ``nn.Module``.
 
     Build it with :meth:`from_file` or :meth:`from_model`; call it on ``(n, d)`` or
     ``(batch, n, d)`` inputs, optionally with ``key_padding_mask`` (True = padding).
@@ -187,7 +187,7 @@ class TorchTransformer(nn.Module):
         """Twin of a numpy model; rational (exact) weights are rounded to float64.
 
         The rationals are remembered: :meth:`save` writes them back as long as no weight
-        has changed, so an exact model's file round-trips with its proof (DESIGN.md §3).
+        has changed, so an exact model's file round-trips with its proof (docs/design.md §3).
         """
         blocks = []
         for b in model.blocks:
@@ -217,7 +217,7 @@ class TorchTransformer(nn.Module):
         return Transformer(blocks, self.d, self.attention, self.temperature, dict(self.info))
 
     def save(self, path) -> None:
-        """Write the DESIGN.md §2 file through :meth:`Transformer.save` (same format)."""
+        """Write the docs/design.md §2 file through :meth:`Transformer.save` (same format)."""
         model = self.to_model()
         exact = self._exact_weights(model)
         (exact or model).save(path)

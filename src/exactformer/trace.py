@@ -20,7 +20,7 @@ class TraceStep:
     """Token states after one layer: ``layer`` is ``"input"``, ``"ff"`` or ``"sa"``.
 
     ``block`` is the 0-based block index (None for the input) and ``kind`` the block's
-    role in the construction (DESIGN.md §4, e.g. ``"move"``; "" when unknown).
+    role in the construction (docs/design.md §4, e.g. ``"move"``; "" when unknown).
     ``states`` is ``(n, d)`` for one sequence, or a list of them for several.
     """
 
@@ -38,7 +38,7 @@ def trace(model, X) -> list[TraceStep]:
     """Run ``model`` on ``X`` and return the input and the state after every FF and SA.
 
     ``X`` is one ``(n, d)`` sequence or a list of sequences (of any lengths). Identity
-    layers (absent from the file, DESIGN.md §2) produce no step.
+    layers (absent from the file, docs/design.md §2) produce no step.
     """
     single = not isinstance(X, (list, tuple))
     seqs = [X] if single else list(X)

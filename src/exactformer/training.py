@@ -1,4 +1,4 @@
-"""Tikhonov-regularised training of the DESIGN.md §1 transformer (issue 7, DESIGN.md §6).
+"""Tikhonov-regularised training of the docs/design.md §1 transformer (issue 7, docs/design.md §6).
 
 The paper (Alcalde, Fantuzzi, Zuazua, *Exact Sequence Interpolation with Transformers*)
 trains its architecture by minimising
@@ -9,16 +9,16 @@ and proves ``min J_ε ≤ J_ε(θ_exact) = ε·‖θ_exact‖²`` for any exactl
 of the same architecture. Here:
 
 * **Loss** ``L`` — the mean over the N sequences of the squared Euclidean distance between
-  the read-out (the first ``m_j`` output tokens, the prefix read-out of DESIGN.md §3) and the
+  the read-out (the first ``m_j`` output tokens, the prefix read-out of docs/design.md §3) and the
   target, both seen as points of ``R^{m_j·d}`` (sum over the m_j tokens, not a mean). The
   read-out fixes which output token answers which target, so this is the squared
-  Hausdorff-type distance of DESIGN.md §6 with the matching given; for ``m_j = 1`` (the
+  Hausdorff-type distance of docs/design.md §6 with the matching given; for ``m_j = 1`` (the
   experiment) the two coincide.
 * **Penalty** ``ε·‖θ‖²`` — the squared Euclidean norm of *every* parameter (U, b, W, η, Q,
   K, V or Vo/Vi, ρ), added explicitly to the objective rather than through Adam's
   ``weight_decay`` (which adds ε·θ to the gradient, i.e. the gradient of (ε/2)‖θ‖²: a factor
   2 off, and invisible in the logged loss). Loss and penalty are logged separately.
-* Adam on the full batch (all N sequences, padded, DESIGN.md §1 masks), cosine schedule
+* Adam on the full batch (all N sequences, padded, docs/design.md §1 masks), cosine schedule
   from ``lr`` to ``lr·lr_min_ratio``, float64 on CPU, one torch thread: deterministic, so
   the same seed gives the same losses bit for bit (the tensors are tiny; a second thread
   only adds synchronisation, measured 14 ms vs 180 ms per step on the N = 10 experiment).
@@ -28,7 +28,7 @@ of the same architecture. Here:
 Robustness: a non-finite loss stops training with :class:`TrainingDiverged`, after
 writing the last parameters whose loss was finite to the checkpoint; ``KeyboardInterrupt``
 (Ctrl-C) saves the current parameters and returns normally with ``interrupted = True``.
-Checkpoints go through :meth:`TorchTransformer.save` (atomic, DESIGN.md §2 format).
+Checkpoints go through :meth:`TorchTransformer.save` (atomic, docs/design.md §2 format).
 """
 
 from __future__ import annotations
@@ -237,7 +237,7 @@ def balance(net: TorchTransformer) -> TorchTransformer:
     ``α² = ‖W_i‖/‖(U_i, b_i)‖`` minimises its share of ‖θ‖². Likewise ``(βQ, K/β)`` and
     ``(γ·Vo, Vi/γ)`` leave an attention layer unchanged. Every factor is rounded to a
     power of two, so the rescaled weights give bit-identical outputs. This matters for the
-    bound ε‖θ_exact‖²: the compiler's point moves carry weights ~Δ/gap (DESIGN.md §4).
+    bound ε‖θ_exact‖²: the compiler's point moves carry weights ~Δ/gap (docs/design.md §4).
     """
 
     def pow2(x):

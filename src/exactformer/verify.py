@@ -1,4 +1,4 @@
-"""Verification: run a model on a dataset and check DESIGN.md §3's "exact".
+"""Verification: run a model on a dataset and check docs/design.md §3's "exact".
 
 For every sequence: the first m_j outputs equal the targets (prefix read-out), and every
 other output equals one of the sequence's targets (output set = target set). Exact models

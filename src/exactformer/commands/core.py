@@ -67,7 +67,7 @@ def _summary(model, dataset: Dataset, report, seconds: float, title: str) -> Tab
 @app.command("compile")
 @user_errors
 def compile_cmd(
-    data: Path = typer.Argument(..., help="Dataset (.npz or .json, DESIGN.md §2)."),
+    data: Path = typer.Argument(..., help="Dataset (.npz or .json, docs/design.md §2)."),
     out: Path = typer.Option(..., "-o", "--out", help="Model file to write (.safetensors)."),
     attention: str = typer.Option("hardmax", help="hardmax or softmax."),
     compact: bool = typer.Option(False, "--compact", help="No width limit: a handful of blocks."),

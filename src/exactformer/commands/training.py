@@ -1,4 +1,4 @@
-"""``exactformer train`` and ``exactformer experiment tikhonov`` (issue 7, DESIGN.md §6).
+"""``exactformer train`` and ``exactformer experiment tikhonov`` (issue 7, docs/design.md §6).
 
 Both need PyTorch (``pip install exactformer[torch]``); without it they print one line and
 exit 2. The numerics live in :mod:`exactformer.training` and
@@ -47,7 +47,7 @@ def _bar(enabled: bool, total: int, label: str):
 @app.command("train")
 @user_errors
 def train_cmd(
-    data: Path = typer.Argument(..., help="Dataset (.npz or .json, DESIGN.md §2)."),
+    data: Path = typer.Argument(..., help="Dataset (.npz or .json, docs/design.md §2)."),
     out: Path = typer.Option(..., "-o", "--out", help="Model file to write (.safetensors)."),
     attention: str = typer.Option("hardmax-surrogate",
                                   help="softmax, or hardmax-surrogate (hardmax model trained "
@@ -69,7 +69,7 @@ def train_cmd(
                                                  "(default: OUT with .log.csv)."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar or summary."),
 ):
-    """Train a DESIGN.md §1 transformer on DATA with loss L + ε‖θ‖² (Adam + cosine)."""
+    """Train a docs/design.md §1 transformer on DATA with loss L + ε‖θ‖² (Adam + cosine)."""
     _require_torch()
     from .. import training as tr
 
@@ -82,7 +82,7 @@ def train_cmd(
         if value is not None and value < (0 if name == "--rank" else 1):
             fail(f"{name} must be positive, got {value}")
     # Adam steps ~lr per weight whatever the gradient's size, and a compiled model's point
-    # moves have windows ~gap wide (DESIGN.md §4): 1e-2 destroys it within three epochs
+    # moves have windows ~gap wide (docs/design.md §4): 1e-2 destroys it within three epochs
     lr = lr if lr is not None else (1e-6 if init == "compiled" else 1e-2)
     if not lr > 0:
         fail(f"--lr must be positive, got {lr}")

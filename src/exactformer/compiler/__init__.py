@@ -1,6 +1,6 @@
-"""The compiler: a dataset in, a verified transformer out (DESIGN.md §4-§5).
+"""The compiler: a dataset in, a verified transformer out (docs/design.md §4-§5).
 
-``compile()`` is the algorithm of DESIGN.md §4 as a sequence of passes:
+``compile()`` is the algorithm of docs/design.md §4 as a sequence of passes:
 
     validate → shift & separate → split → leaders & collapse → project & snap → verify
 
@@ -46,7 +46,7 @@ def compile(dataset: Dataset, attention: str = "hardmax", compact: bool = False,
             exact: bool = False, seed: int = 0, progress=None, verify: bool = True) -> Transformer:
     """Compile ``dataset`` into a transformer whose outputs equal the targets.
 
-    ``attention``: "hardmax" or "softmax" (DESIGN.md §5). ``compact``: no width limit, a
+    ``attention``: "hardmax" or "softmax" (docs/design.md §5). ``compact``: no width limit, a
     handful of blocks. ``exact``: rational weights, verified with zero error. ``seed``
     drives every generic draw. ``progress(stage, done, total)`` is called on long stages.
     The model is verified before it is returned; a failed check raises CompileError.
@@ -60,7 +60,7 @@ def compile(dataset: Dataset, attention: str = "hardmax", compact: bool = False,
     t0 = time.perf_counter()
     rng = np.random.default_rng(seed)
 
-    analysis = analyse(dataset)  # validate: ids, groups, DESIGN.md §3
+    analysis = analyse(dataset)  # validate: ids, groups, docs/design.md §3
     if not exact:
         check_float_separable(dataset, analysis)
     X = np.concatenate(dataset.inputs)

@@ -1,4 +1,4 @@
-"""Pass 5 — project onto a line and snap every cluster onto its target (DESIGN.md §4 step 4).
+"""Pass 5 — project onto a line and snap every cluster onto its target (docs/design.md §4 step 4).
 
 After the collapse every token is a copy of its destination. A width-1 layer maps them onto
 the line spanned by ``w``, just above the targets; then, from the highest cluster down,
@@ -33,7 +33,7 @@ SNAP_BUDGET = 2e-12
 
 @dataclass
 class Line:
-    """``λ(x) = α⟨v,x⟩ + β`` and the line direction ``w`` (DESIGN.md §4 step 4)."""
+    """``λ(x) = α⟨v,x⟩ + β`` and the line direction ``w`` (docs/design.md §4 step 4)."""
 
     v: np.ndarray
     w: np.ndarray
@@ -155,7 +155,7 @@ def _chunk_start(costs: dict, clusters: list[Cluster], hi: int, budget: float) -
     """Lowest cluster index of the compact snap layer that ends at cluster ``hi - 1``.
 
     First-order rounding estimate of the layer at its top point: eps · Σ |W_u|·relu(pre_u)
-    (DESIGN.md §4 compact mode). Growing the layer downward by one cluster adds one ramp and
+    (docs/design.md §4 compact mode). Growing the layer downward by one cluster adds one ramp and
     moves the two head units, so the estimate is updated in O(1) per cluster.
     """
     s_top = float(clusters[hi - 1].high)
@@ -187,7 +187,7 @@ def snap_all(builder: ModelBuilder, dest: Destinations, targets: np.ndarray, lin
              compact: bool, progress=None, widen: bool = False) -> int:
     """Snap layers from the highest cluster down; returns the number of snap layers.
 
-    Float mode simulates each layer on its own clusters' tokens only (DESIGN.md §4 step 4),
+    Float mode simulates each layer on its own clusters' tokens only (docs/design.md §4 step 4),
     with ``s = X·w`` computed once. Every other token has all ReLUs exactly 0, so ``x + 0``
     leaves it bit-for-bit unchanged:
 

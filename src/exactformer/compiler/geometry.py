@@ -1,4 +1,4 @@
-"""Geometric helpers of the passes: close pairs, trapezoid gaps, generic draws (DESIGN.md §4)."""
+"""Geometric helpers of the passes: close pairs, trapezoid gaps, generic draws (docs/design.md §4)."""
 
 from __future__ import annotations
 
@@ -66,7 +66,7 @@ class Trapezoid:
 
 
 GOOD_GAP = 1e-6  # accept the first direction at once when gap ≥ this × spread
-MIN_GAP = 1e-8  # never accept less (distinct points are ≥ 1e-7 × scale apart, DESIGN.md §4)
+MIN_GAP = 1e-8  # never accept less (distinct points are ≥ 1e-7 × scale apart, docs/design.md §4)
 KEEP_ROWS = 4096  # a trapezoid keeps its candidate rows for the simulation up to this many
 
 
@@ -138,7 +138,7 @@ def first_choice(Z: np.ndarray, reference: np.ndarray, away: np.ndarray | None =
 def choose_trapezoid(X: np.ndarray, mine: np.ndarray, rng: np.random.Generator,
                      reference: np.ndarray | None = None, tries: int = 32,
                      away: np.ndarray | None = None) -> Trapezoid:
-    """A direction along which the point ``X[mine]`` is well isolated (DESIGN.md §4).
+    """A direction along which the point ``X[mine]`` is well isolated (docs/design.md §4).
 
     First ``z - reference`` (``reference``: a mean of the tokens; puts z near the top; see
     :func:`first_choice` for ``away``), then that direction tilted by growing random

@@ -1,4 +1,4 @@
-"""Pass 4 — place the leaders and collapse (DESIGN.md §4 step 3).
+"""Pass 4 — place the leaders and collapse (docs/design.md §4 step 3).
 
 Each group's *main* leader (first token of its first sequence) goes onto a ray in the
 positive quadrant of the plane ``π = A·x``; leaders with another target (*satellites*) go
@@ -116,7 +116,7 @@ def _outermost_points(st, pid: np.ndarray, classes: np.ndarray, first: np.ndarra
                       satellites: set) -> np.ndarray:
     """Per class, the main leader: its point farthest from the mean of all tokens.
 
-    DESIGN.md §4 step 3 takes the first token of the group's first sequence. Any point of the
+    docs/design.md §4 step 3 takes the first token of the group's first sequence. Any point of the
     group whose tokens may all output the main target serves as well (the collapse sends
     every non-leader to the main leader, and the first token's target *is* the main
     target), so the block count does not change. The outermost one is the cheapest to

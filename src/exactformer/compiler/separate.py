@@ -1,4 +1,4 @@
-"""Pass 2 — shift into the positive orthant, separate sequences by their means (DESIGN.md §4.1).
+"""Pass 2 — shift into the positive orthant, separate sequences by their means (docs/design.md §4.1).
 
 Also home of the broadcast + classify step that pass 3 (split) repeats after every move.
 """
@@ -87,7 +87,7 @@ def broadcast_and_classify(builder: ModelBuilder, rng: np.random.Generator,
                            tries: int = 8) -> None:
     """Uniform attention ``V = c·M`` (fresh generic positive M), then refine the classes.
 
-    DESIGN.md §4 step 1 uses a rank-one ``V = c·e·uᵀ``; then copies of one value in two
+    docs/design.md §4 step 1 uses a rank-one ``V = c·e·uᵀ``; then copies of one value in two
     sequences end ``c·|⟨u, μ_A − μ_B⟩|·|e|`` apart, and over N sequences the smallest such
     projection shrinks like 1/N² (seen: 1e-8 × scale at N = 1000 on data drawn from a small
     vocabulary), below what a trapezoid can isolate. A generic positive M of full rank

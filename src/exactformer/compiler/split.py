@@ -1,4 +1,4 @@
-"""Pass 3 — split classes whose members differ (DESIGN.md §4 step 2).
+"""Pass 3 — split classes whose members differ (docs/design.md §4 step 2).
 
 Rare on real data: a class holds sequences that share points and have equal means. While
 two members have different empirical distributions, move a value whose proportion differs

@@ -1,4 +1,4 @@
-"""The compiler's simulation of the forward pass, with bookkeeping by identity (DESIGN.md §4).
+"""The compiler's simulation of the forward pass, with bookkeeping by identity (docs/design.md §4).
 
 Every token carries the id of its sequence and of its original value; the passes add the
 class of its sequence and, later, the id of its destination. Questions like "is this the
@@ -26,7 +26,7 @@ class TokenState:
     segments: np.ndarray  # (N+1,) start offsets of the sequences, then T
     exact: bool
     scale: float  # largest absolute value of the data (inputs and targets)
-    cls: np.ndarray = field(default=None)  # (N,) class of each sequence (DESIGN.md §4 step 1)
+    cls: np.ndarray = field(default=None)  # (N,) class of each sequence (docs/design.md §4 step 1)
 
     @property
     def n_sequences(self) -> int:
@@ -63,7 +63,7 @@ class ModelBuilder:
 
         A bundle whose units all read one direction v (point moves, snaps) is evaluated only
         on the rows where one of its ReLUs is on; every other row is bit-for-bit unchanged
-        (x + 0). This keeps a 4000-unit compact layer on 10⁵ tokens cheap (DESIGN.md §4).
+        (x + 0). This keeps a 4000-unit compact layer on 10⁵ tokens cheap (docs/design.md §4).
         ``where``: per bundle, an object with ``rows`` and ``t_rows`` (the candidate rows and
         their coordinate along the bundle's direction, e.g. a Trapezoid) found earlier.
         Returns the rows the layer may have changed (all rows in exact mode).

@@ -1,4 +1,4 @@
-"""Softmax collapse (DESIGN.md §5): choose the temperature τ and check it by simulation.
+"""Softmax collapse (docs/design.md §5): choose the temperature τ and check it by simulation.
 
 Under softmax the collapse is only approximate: token i lands within
 ``(n_i - 1)·exp(-gap_i/τ)·diam_i`` of its destination, where ``gap_i`` is its score gap

@@ -1,4 +1,4 @@
-"""Pass 1 — validate: ids, groups and the feasibility rules of DESIGN.md §3.
+"""Pass 1 — validate: ids, groups and the feasibility rules of docs/design.md §3.
 
 Fails early with one line naming the sequences and the rule, before any layer is built.
 """
@@ -126,7 +126,7 @@ def unique_rows(X: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 
 def analyse(dataset: Dataset) -> Analysis:
-    """Ids, groups (same empirical distribution) and the checks of DESIGN.md §3 (i), (ii).
+    """Ids, groups (same empirical distribution) and the checks of docs/design.md §3 (i), (ii).
 
     Linear-time apart from sorts of 1-D keys, so 10⁶ tokens take well under a second.
     """
@@ -187,7 +187,7 @@ def _check_feasible(dataset: Dataset, a: Analysis) -> None:
         raise InfeasibleError(
             f"{where} with different targets {_vec(a.targets[pt])} and "
             f"{_vec(a.targets[t])}: without positions equal tokens of such sequences get "
-            "one output (DESIGN.md §3, rule i)"
+            "one output (docs/design.md §3, rule i)"
         )
     # rule (ii): a group's sequences share one target set
     target_set: dict[int, tuple[int, frozenset]] = {}
@@ -199,14 +199,14 @@ def _check_feasible(dataset: Dataset, a: Analysis) -> None:
                 f"sequences {prev[0]} and {j} hold the same tokens in the same proportions but "
                 f"have different target sets ({_set(a, prev[1])} vs {_set(a, s)}): "
                 "attention sees only the distribution, so their outputs are one set "
-                "(DESIGN.md §3, rule ii)"
+                "(docs/design.md §3, rule ii)"
             )
 
 
 def check_float_separable(dataset: Dataset, a: Analysis) -> None:
     """Float mode: distinct input values closer than 1e-7 × scale cannot be told apart robustly.
 
-    DESIGN.md §4 separates distinct points by at least 1e-7 × scale before it moves them;
+    docs/design.md §4 separates distinct points by at least 1e-7 × scale before it moves them;
     two input values nearer than that (e.g. one ulp apart) would need layers with
     weights ~ scale/gap, where rounding swamps the result. Exact mode has no such limit.
     """

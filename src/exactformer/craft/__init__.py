@@ -1,4 +1,4 @@
-"""Reusable layer builders (DESIGN.md §4): they know geometry, not datasets.
+"""Reusable layer builders (docs/design.md §4): they know geometry, not datasets.
 
 Each builder returns a :class:`~exactformer.model.FeedForward` or
 :class:`~exactformer.model.SelfAttention` (or, for feed-forward pieces that are meant to

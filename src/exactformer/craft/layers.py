@@ -1,4 +1,4 @@
-"""Layer builders of the construction (DESIGN.md §4), float64 or exact rationals alike.
+"""Layer builders of the construction (docs/design.md §4), float64 or exact rationals alike.
 
 All inputs are arrays of one number system (float64 or Fraction objects, see
 :mod:`exactformer.numeric`); the builders never normalise vectors themselves, so they
@@ -53,7 +53,7 @@ def translate(shift: np.ndarray) -> FeedForward:
 def broadcast(V: np.ndarray) -> SelfAttention:
     """Uniform attention with value map V: each token of sequence j moves by V·mean(X^j).
 
-    DESIGN.md §4 step 1. Q = K of rank 0 makes every score exactly 0, hence uniform weights in
+    docs/design.md §4 step 1. Q = K of rank 0 makes every score exactly 0, hence uniform weights in
     hardmax *and* softmax, so this layer is exact in both modes.
     """
     exact = nm.is_exact(V)
@@ -65,7 +65,7 @@ def broadcast(V: np.ndarray) -> SelfAttention:
 def point_move(v: np.ndarray, center, gap, delta: np.ndarray, top: bool = False) -> Units:
     """Units moving every token with ``⟨v,x⟩`` within ``gap/4`` of ``center`` by ``delta``.
 
-    DESIGN.md §4 "moving one point": a trapezoid ``φ`` of the line coordinate ``t = ⟨v,x⟩``
+    docs/design.md §4 "moving one point": a trapezoid ``φ`` of the line coordinate ``t = ⟨v,x⟩``
     with corners ``center + (-g/2, -g/4, g/4, g/2)``: 1 on the plateau, exactly 0 for
     ``t ≤ center - g/2`` and (up to rounding) 0 above ``center + g/2``. When the point is the
     top along ``v`` (``top=True``) the two upper ReLUs are dropped: then nothing above exists
@@ -87,7 +87,7 @@ def point_move(v: np.ndarray, center, gap, delta: np.ndarray, top: bool = False)
 
 def collapse_layer(A: np.ndarray, Vo: np.ndarray | None = None,
                    Vi: np.ndarray | None = None) -> SelfAttention:
-    """The collapse (DESIGN.md §4 step 3): ``ρ = 0``, ``Q = K = A`` (rank 2), ``V = I``.
+    """The collapse (docs/design.md §4 step 3): ``ρ = 0``, ``Q = K = A`` (rank 2), ``V = I``.
 
     Every token is replaced by the mean of its argmax set, i.e. by its destination. Pass
     ``Vo, Vi`` to fold a projection into the value map (``V = Vo·Vi``).
@@ -104,7 +104,7 @@ def collapse_layer(A: np.ndarray, Vo: np.ndarray | None = None,
 def line_projection(v: np.ndarray, alpha, beta, w: np.ndarray) -> FeedForward:
     """``x ↦ relu(α⟨v,x⟩ + β)·w`` (η = 0, width 1): every token onto the line spanned by w.
 
-    DESIGN.md §4 step 4; α, β must keep ``α⟨v,x⟩ + β > 0`` on every token.
+    docs/design.md §4 step 4; α, β must keep ``α⟨v,x⟩ + β > 0`` on every token.
     """
     exact = nm.is_exact(v)
     d = len(v)
@@ -117,7 +117,7 @@ def snap(w: np.ndarray, floor, clusters: list[tuple], exact: bool) -> Units:
 
     ``clusters`` is a list of ``(low, high, y)`` in increasing order of s: every line point
     with s in ``[low, high]`` must end on ``y``; ``floor`` is the highest s of anything that
-    must stay untouched (lower clusters, finished targets). DESIGN.md §4 step 4: two ReLUs at
+    must stay untouched (lower clusters, finished targets). docs/design.md §4 step 4: two ReLUs at
     the thirds of the gap above ``floor`` map the whole half-line above the second one onto
     the first cluster's target; between consecutive clusters a ramp of two ReLUs adds the
     jump ``y_{k+1} - y_k`` (compact mode). With one cluster this is the strict snap.

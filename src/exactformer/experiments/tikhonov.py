@@ -1,6 +1,6 @@
 """The paper's Fig. 1: Tikhonov-regularised training vs the exact construction (issue 7).
 
-Setting (paper, DESIGN.md §6): N = 10 random sequences of length n = 100 in d = 16
+Setting (paper, docs/design.md §6): N = 10 random sequences of length n = 100 in d = 16
 (standard normal tokens), one target token each (m = 1, standard normal). For every ε we
 minimise ``J_ε = L + ε‖θ‖²`` (:mod:`exactformer.training`) from a seeded random start and
 record the **minimal loss** — the smallest value of the regularised objective J_ε along the
@@ -9,14 +9,14 @@ L and its penalty are kept separately in ``results.json``.
 
 Which θ_exact and which architecture. The bound holds for an exact θ *of the trained
 architecture*, so we train exactly the architecture the compiler emits for these data
-(DESIGN.md §4: 21 blocks, FF widths ≤ 4, one uniform and one rank-2 attention, factored V;
+(docs/design.md §4: 21 blocks, FF widths ≤ 4, one uniform and one rank-2 attention, factored V;
 identity layers stay parameter-free), with hardmax run as softmax at τ = 1 (the surrogate),
 and take θ_exact = our compiled weights after :func:`exactformer.training.balance` (exact
 rescaling symmetries, bit-identical outputs, ‖θ‖² ÷ ~600). Its loss under the surrogate
 is measured (~1e-30: the collapse scores are large enough that softmax at τ = 1 is hardmax
 to machine precision), so θ_exact is a genuine zero of L for the trained model and the
 bound is a theorem here, not an assumption. It is still loose: point moves carry weights
-~Δ/gap (DESIGN.md §4), so ‖θ_exact‖² ~ 6e5, and the bound only says something beyond
+~Δ/gap (docs/design.md §4), so ‖θ_exact‖² ~ 6e5, and the bound only says something beyond
 ``J ≤ L(0)`` for ε below ~1e-4.
 """
 
