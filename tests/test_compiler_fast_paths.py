@@ -78,7 +78,7 @@ def test_unique_rows_survives_a_hash_collision(monkeypatch, rng):
 
 
 def _groups_reference(seq, value, n):
-    """docs/design.md §3 groups, the plain way: reduced count vectors keyed in order of appearance."""
+    """docs/design.md §3 groups, plainly: reduced count vectors keyed in order of appearance."""
     from math import gcd
 
     keys, group = {}, []

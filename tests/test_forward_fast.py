@@ -5,14 +5,8 @@ import pytest
 from tests.conftest import random_dataset
 
 import exactformer as ef
-from exactformer.model import (
-    Block,
-    FeedForward,
-    Transformer,
-    _apply_wide_ff,
-    _record_margins,
-    _Screen,
-)
+from exactformer.forward import _apply_wide_ff, _Screen, record_margins
+from exactformer.model import Block, FeedForward, Transformer
 
 
 def _dense(model, xs):
@@ -129,7 +123,7 @@ def test_hardmax_margin_equals_the_full_search(seed):
         scores[:, 3, 15] = scores[:, 3].max(axis=1)
     mask = scores == scores.max(axis=2, keepdims=True)
     fast = {}
-    _record_margins(fast, scores, mask, v, None)
+    record_margins(fast, scores, mask, v, None)
     # the definition, with the whole (B, n, n, d) distance array
     target = (mask.astype(float) @ v) / mask.sum(axis=2, keepdims=True)
     distinct = np.abs(v[:, None] - target[:, :, None]).max(axis=3) > 1e-9 * np.abs(v).max()

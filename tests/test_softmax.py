@@ -1,4 +1,4 @@
-"""Softmax compilation (docs/design.md §5): exact outputs in float64, certified ones in exact mode."""
+"""Softmax compilation (docs/design.md §5): exact in float64, certified in exact mode."""
 
 import numpy as np
 import pytest

@@ -10,7 +10,7 @@ class DatasetError(ExactformerError):
 
 
 class InfeasibleError(DatasetError):
-    """A dataset that no permutation-equivariant model can fit (docs/design.md §3, rules i and ii)."""
+    """A dataset that no permutation-equivariant model fits (docs/design.md §3, rules i, ii)."""
 
 
 class ModelFileError(ExactformerError):
@@ -19,3 +19,10 @@ class ModelFileError(ExactformerError):
 
 class CompileError(ExactformerError):
     """The construction could not be completed (e.g. no generic draw passed its checks)."""
+
+
+class InternalError(Exception):
+    """A bug: a step that should not fail did, after its retries (exit status 3).
+
+    Not an :class:`ExactformerError`: the user's input is fine and there is nothing to fix.
+    """

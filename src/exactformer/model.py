@@ -1,7 +1,9 @@
 """The transformer of docs/design.md §1 in plain numpy: feed-forward + self-attention blocks.
 
-Readable in one file (in the spirit of nanoGPT): the layers, the forward pass on one
-sequence or on many at once, and the ``.safetensors`` format of docs/design.md §2.
+Readable in one file (in the spirit of nanoGPT): each layer is its formula, a model is a
+list of blocks. The evaluator that runs many sequences at once and skips rows a layer
+provably leaves unchanged is :mod:`exactformer.forward`; the ``.safetensors`` format of
+docs/design.md §2 is :mod:`exactformer.modelfile`.
 
 Weights are float64 arrays, or object arrays of Fractions for models built in exact mode
 (then the forward pass is exact rational arithmetic and the file also carries the
@@ -10,17 +12,11 @@ rationals, see :meth:`Transformer.save`).
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field, replace
-from fractions import Fraction
-from pathlib import Path
 
 import numpy as np
 
 from . import numeric as nm
-from .dataset import write_atomic
-from .errors import ModelFileError
-from .screen import chunks_above
 
 FORMAT = "exactformer/1"
 ATTENTIONS = ("hardmax", "softmax")
@@ -94,8 +90,12 @@ class SelfAttention:
             t["Vo"], t["Vi"] = self.Vo, self.Vi
         return t
 
-    def __call__(self, X, segments, attention="hardmax", temperature=1.0, stats=None):
-        """Apply to concatenated sequences; ``segments`` are the sequences' start offsets + end."""
+    def __call__(self, X, segments, attention="hardmax", temperature=1.0, observe=None):
+        """Apply to concatenated sequences; ``segments`` are the sequences' start offsets + end.
+
+        ``observe(scores, mask, values, P)``, if given, sees every block of equal-length
+        sequences (mask = argmax set; P = softmax weights or None): the evaluator's margins.
+        """
         VX = self.values(X)
         exact = nm.is_exact(X)
         out = self.rho * X
@@ -104,9 +104,11 @@ class SelfAttention:
             sums = np.add.reduceat(VX, segments[:-1], axis=0) if len(VX) else VX
             means = sums * nm.reciprocal_counts(counts, exact)[:, None]
             return out + np.repeat(means, counts, axis=0)
+        from .forward import length_buckets
+
         QX, KX = X @ self.Q.T, X @ self.K.T
         mixed = nm.zeros(X.shape, exact)
-        for idx in _length_buckets(segments):
+        for idx in length_buckets(segments):
             q, k, v = QX[idx], KX[idx], VX[idx]  # (B, n, ·)
             scores = q @ np.swapaxes(k, 1, 2)  # (B, n, n)
             if attention == "hardmax":
@@ -121,290 +123,9 @@ class SelfAttention:
                 P = z / z.sum(axis=2, keepdims=True)
                 mask = P >= P.max(axis=2, keepdims=True)
             mixed[idx] = P @ v
-            if stats is not None:
-                _record_margins(stats, scores, mask, v, P if attention == "softmax" else None)
+            if observe is not None:
+                observe(scores, mask, v, P if attention == "softmax" else None)
         return out + mixed
-
-
-def _length_buckets(segments: np.ndarray, max_entries: int = 2_000_000):
-    """Index arrays ``(B, n)`` grouping sequences of equal length, in chunks of bounded size."""
-    starts, lengths = segments[:-1], np.diff(segments)
-    for n in np.unique(lengths):
-        chosen = starts[lengths == n]
-        step = max(1, max_entries // max(1, n * n))
-        for c in range(0, len(chosen), step):
-            s = chosen[c : c + step]
-            yield s[:, None] + np.arange(n)[None, :]
-
-
-def _record_margins(stats, scores, mask, values, P) -> None:
-    """Smallest relative score margin between a token's argmax set and the distinct tokens.
-
-    docs/design.md §3: margins are measured between points meant to be distinct, so tokens whose
-    value equals (to 1e-9 relative) the mean value of the argmax set are left out.
-
-    The rival of a token is the best-scoring distinct token. For hardmax: the top score if a
-    member of the argmax set is itself distinct (a tie: margin 0), else the best score
-    outside the set if that token is distinct (then no lower score can be the rival), else
-    (a near-copy just below the top, rare) the best over all distinct tokens of that row.
-    This avoids a (B, n, n, d) distance array (1.3 GB per 10⁵ tokens).
-    """
-    s = nm.to_float(scores)
-    v = nm.to_float(values)
-    m = mask
-    count = m.sum(axis=2, keepdims=True)
-    target = (m.astype(np.float64) @ v) / count  # (B, n, dv): mean value of the argmax set
-    scale_v = max(float(np.max(np.abs(v))) if v.size else 0.0, 1e-300)
-    tol = 1e-9 * scale_v
-    scale_s = np.max(np.abs(s), axis=2)
-    top = s.max(axis=2)
-    B, n = s.shape[:2]
-
-    def distinct_in(bi, ii):  # (rows, n): which tokens of these rows are distinct
-        return np.max(np.abs(v[bi] - target[bi, ii][:, None, :]), axis=2) > tol
-
-    if P is None:
-        outside = np.where(m, -np.inf, s)
-        j2 = outside.argmax(axis=2)  # (B, n): best token outside the argmax set
-        second = np.take_along_axis(outside, j2[..., None], 2)[..., 0]
-        v2 = v[np.arange(B)[:, None], j2]  # (B, n, dv)
-        near_copy = np.max(np.abs(v2 - target), axis=2) <= tol
-        rival = np.where(near_copy, -np.inf, second)
-        bi, ii = np.nonzero(near_copy & np.isfinite(second))
-        if len(bi):
-            rival[bi, ii] = np.where(distinct_in(bi, ii), s[bi, ii], -np.inf).max(axis=1)
-        bi, ii = np.nonzero(count[..., 0] > 1)  # a tie of distinct tokens has margin 0
-        if len(bi):
-            tie = (distinct_in(bi, ii) & m[bi, ii]).any(axis=1)
-            rival[bi[tie], ii[tie]] = top[bi[tie], ii[tie]]
-    else:
-        dist = np.max(np.abs(v[:, None, :, :] - target[:, :, None, :]), axis=3)  # (B, n, n)
-        distinct = dist > tol
-        rival = np.where(distinct, s, -np.inf).max(axis=2)
-    ok = np.isfinite(rival) & (scale_s > 0)
-    if np.any(ok):
-        margin = float(np.min((top[ok] - rival[ok]) / scale_s[ok]))
-        stats["margin"] = min(stats.get("margin", np.inf), margin)
-    if P is not None:
-        leak = float(np.max(np.where(distinct, P, 0.0).sum(axis=2))) if P.size else 0.0
-        stats["leak"] = max(stats.get("leak", 0.0), leak)
-
-
-# -- fast float forward (docs/design.md §4 "Measured on a prototype") --------------------------
-# An FF with η = 1 leaves every row whose ReLUs are all off bit-for-bit unchanged, and the
-# construction's FFs (point moves, snaps) are active on a few of 10⁵ tokens. A run of
-# consecutive such FFs is screened once (exactformer.screen: one float32 product with the
-# distinct rows of their U, survivors recomputed in float64); each FF is then evaluated
-# with its own formula on its candidate rows only. Rows that an FF of the run changes are
-# screened again for the FFs after it (a stale screen never hides an active ReLU). A wide
-# FF (compact mode) is a run by itself and is evaluated unit by unit from the screen: its
-# units read a few directions each, and a token is above few of them.
-
-_RUN_FFS = 128  # FFs per screened run (measured best: 32 → 128 halved a 2001-block verify)
-_RUN_COLUMNS = 128  # distinct U rows per screened run
-# units per run: an FF's candidates include the rows of the FFs before it in the run that
-# read its direction (compact snaps: ~7000 rows each), so long runs of wide FFs hold a
-# quadratic number of candidates (2.7 GB at 10⁶ tokens with 128 compact snaps in one run)
-_RUN_UNITS = 1024
-_SCREEN_SLACK = 1e-9  # relative: far above the rounding of two evaluation orders
-_DENSE_SHARE = 0.25  # wide FF: candidate rows with more active units than this go dense
-
-
-def _sparse_ok(ff: FeedForward) -> bool:
-    """η = 1 in float: inactive rows are unchanged, so only active rows need the layer."""
-    eta = np.asarray(ff.eta)
-    return (eta.dtype != object and float(eta) == 1.0 and ff.width > 0
-            and not nm.is_exact(np.asarray(ff.U)))
-
-
-def _ff_groups(blocks, single: bool = False) -> dict[int, list]:
-    """Block index → run of FFs to apply there ([] for blocks applied by an earlier run).
-
-    A run is consecutive blocks with sparse-ready FFs and no attention in between (the
-    attention of a run's last block comes after the run), at most ``_RUN_FFS`` FFs with at
-    most ``_RUN_UNITS`` units reading at most ``_RUN_COLUMNS`` distinct directions; an FF
-    reading more (the compact point moves) forms a run by itself.
-    ``single`` (tracing) makes every FF its own run so each layer's output can be recorded.
-    """
-    groups: dict[int, list] = {}
-    run: list = []
-    columns: set = set()
-    units = 0
-    for l, blk in enumerate(blocks):
-        ok = blk.ff is not None and _sparse_ok(blk.ff)
-        if ok:
-            cols = {r.tobytes() for r in np.asarray(blk.ff.U)}
-            many = len(cols) > _RUN_COLUMNS
-            full = (single or many or len(run) >= _RUN_FFS or units + blk.ff.width > _RUN_UNITS
-                    or len(columns | cols) > _RUN_COLUMNS)
-            if not run or full:
-                run, columns, units = [], set(), 0
-                groups[l] = run
-            else:
-                groups[l] = []
-            run.append(blk.ff)
-            columns |= cols
-            units += blk.ff.width
-            if many:
-                run, columns, units = [], set(), 0
-        if not ok or blk.sa is not None:
-            run, columns, units = [], set(), 0
-    return groups
-
-
-class _Members:
-    """Items grouped by an owner index (CSR layout): ``expand`` lists the items of owners."""
-
-    def __init__(self, owner: np.ndarray, n_owners: int):
-        self.order = np.argsort(owner, kind="stable")
-        self.ptr = np.searchsorted(owner[self.order], np.arange(n_owners + 1))
-        self.count = np.diff(self.ptr)
-
-    def expand(self, owners: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """(position in ``owners``, item) for every item of every listed owner."""
-        reps = self.count[owners]
-        at = np.repeat(np.arange(len(owners)), reps)
-        first = np.repeat(self.ptr[owners] - np.cumsum(reps) + reps, reps)
-        return at, self.order[first + np.arange(len(at))]
-
-
-@dataclass
-class _Screen:
-    """The distinct rows (columns) of some FFs' stacked U and who reads them.
-
-    A unit k on column c is on where ``t_c > −b_k``. Per (FF, column) pair the lowest such
-    threshold, per column the lowest over its pairs: a token below every column threshold
-    has every ReLU off, and one product ``X·colsᵀ`` per token chunk finds the others.
-    """
-
-    cols: np.ndarray  # (C, d)
-    col_of_unit: np.ndarray  # (units,)
-    pair_ff: np.ndarray  # (P,) FF of each (FF, column) pair
-    pair_col: np.ndarray  # (P,)
-    pair_thr: np.ndarray  # (P,) lowest unit threshold of the pair (plus the caller's slack)
-
-    @classmethod
-    def of(cls, ffs: list) -> _Screen:
-        Us = np.concatenate([ff.U for ff in ffs])
-        cols, col_of_unit = np.unique(Us, axis=0, return_inverse=True)
-        col_of_unit = col_of_unit.reshape(-1)
-        ff_of_unit = np.repeat(np.arange(len(ffs)), [ff.width for ff in ffs])
-        pairs, pair_of_unit = np.unique(ff_of_unit * len(cols) + col_of_unit,
-                                        return_inverse=True)
-        pair_of_unit = pair_of_unit.reshape(-1)
-        pair_thr = np.full(len(pairs), np.inf)
-        np.minimum.at(pair_thr, pair_of_unit, -np.concatenate([ff.b for ff in ffs]))
-        return cls(cols, col_of_unit, pairs // len(cols), pairs % len(cols), pair_thr)
-
-    def prepare(self) -> None:
-        self.col_pairs = _Members(self.pair_col, len(self.cols))
-        self.col_thr = np.full(len(self.cols), np.inf)
-        np.minimum.at(self.col_thr, self.pair_col, self.pair_thr)
-
-    def hits(self, r: np.ndarray, c: np.ndarray, t: np.ndarray):
-        """(row, pair) for the pairs whose threshold a (row, column, t) hit exceeds."""
-        at, pair = self.col_pairs.expand(c)
-        keep = t[at] > self.pair_thr[pair]
-        return r[at][keep], pair[keep]
-
-
-def _apply_sparse_ffs(X: np.ndarray, ffs: list) -> None:
-    """Apply consecutive η = 1 FFs to ``X`` in place, touching only rows that may be active."""
-    if len(X) == 0:
-        return
-    xmax = float(np.abs(X).max())
-    if not np.isfinite(xmax):  # let the reference formula propagate inf/nan
-        for ff in ffs:
-            X[:] = ff(X)
-        return
-    sc = _Screen.of(ffs)
-    if len(ffs) == 1 and len(sc.cols) > _RUN_COLUMNS:
-        _apply_wide_ff(X, ffs[0], sc)
-    else:
-        _apply_ff_run(X, ffs, xmax, sc)
-
-
-def _apply_ff_run(X: np.ndarray, ffs: list, xmax: float, sc: _Screen) -> None:
-    """A run of narrow FFs: one screen, then each FF's reference formula on its candidates.
-
-    A row is skipped by FF g only when a screen (with a slack far above rounding) proves all
-    its pre-activations ≤ 0: the run's screen, or for a row that an earlier FF of the run
-    changed, a new screen of that row right after the change. Then the reference formula
-    leaves it unchanged, so results agree with the dense pass up to BLAS summation order.
-    """
-    n1 = np.array([float(np.abs(ff.U).sum(axis=1).max()) for ff in ffs])  # |U·Δ| ≤ n1·|Δ|∞
-    bmax = np.array([float(np.abs(ff.b).max()) for ff in ffs])
-    delta = _SCREEN_SLACK * (n1 * xmax + bmax) + 1e-300
-    sc.pair_thr = sc.pair_thr - delta[sc.pair_ff]
-    sc.prepare()
-    found_rows, found_ff = [np.zeros(0, dtype=np.int64)], [np.zeros(0, dtype=np.int64)]
-    for r, c, t in chunks_above(X, sc.cols, sc.col_thr):
-        r, pair = sc.hits(r, c, t)
-        found_rows.append(r)
-        found_ff.append(sc.pair_ff[pair])
-    candidates = _Members(np.concatenate(found_ff), len(ffs))
-    rows_all = np.concatenate(found_rows)
-    pending: list[list] = [[] for _ in ffs]  # rows found by screens of changed rows
-    changed = np.zeros(len(X), dtype=bool)  # rows an FF of the run changed: screened again
-    for g, ff in enumerate(ffs):
-        rows = rows_all[candidates.expand(np.array([g]))[1]]
-        rows = np.unique(np.concatenate([rows[~changed[rows]], *pending[g]]))
-        if len(rows) == 0:
-            continue
-        x = X[rows]
-        pre = x @ ff.U.T + ff.b
-        on = (pre > 0).any(axis=1)
-        if not on.any():
-            continue
-        r = rows[on]
-        X[r] = x[on] + nm.relu(pre[on]) @ ff.W.T
-        changed[r] = True
-        if g + 1 < len(ffs):  # changed rows: screened again for the FFs still to come
-            t = X[r] @ sc.cols.T
-            i, c = np.nonzero(t > sc.col_thr)
-            hit, pair = sc.hits(r[i], c, t[i, c])
-            later = sc.pair_ff[pair] > g
-            for h, rows_h in _by_owner(hit[later], sc.pair_ff[pair[later]]):
-                pending[h].append(rows_h)
-
-
-def _by_owner(items: np.ndarray, owner: np.ndarray):
-    """(owner, its items) for every owner present."""
-    if len(items) == 0:
-        return []
-    o = np.argsort(owner, kind="stable")
-    owners, starts = np.unique(owner[o], return_index=True)
-    return zip(owners.tolist(), np.split(items[o], starts[1:]))
-
-
-def _apply_wide_ff(X: np.ndarray, ff: FeedForward, sc: _Screen) -> None:
-    """An η = 1 FF reading many directions (compact point moves), unit by unit.
-
-    The screen gives the float64 ``t = ⟨x, c⟩`` of every (token, column) pair above the
-    column's lowest threshold; unit k's pre-activation is ``t + b_k`` for its column (its U
-    row *is* that column, so this is the layer's own formula with one product per distinct
-    row of U). Only (token, unit) pairs with a positive pre-activation are summed, in unit
-    order; every other pair is proven off by the screen. Rows where most units are on (a
-    dense layer) take one dense product instead.
-    """
-    sc.prepare()
-    units_of_col = _Members(sc.col_of_unit, len(sc.cols))
-    WT = np.ascontiguousarray(ff.W.T)
-    for r, c, t in chunks_above(X, sc.cols, sc.col_thr):
-        at, units = units_of_col.expand(c)
-        rr, pre = r[at], t[at] + ff.b[units]
-        on = pre > 0
-        rr, units, pre = rr[on], units[on], pre[on]
-        if len(rr) == 0:
-            continue
-        key = np.lexsort((units, rr))  # per row, in unit order
-        rr, units, pre = rr[key], units[key], pre[key]
-        rows, first = np.unique(rr, return_index=True)
-        if len(rr) > _DENSE_SHARE * len(rows) * ff.width:
-            x = X[rows]
-            X[rows] = x + nm.relu(x @ ff.U.T + ff.b) @ WT
-            continue
-        X[rows] += np.add.reduceat(pre[:, None] * WT[units], first, axis=0)
 
 
 @dataclass
@@ -471,42 +192,14 @@ class Transformer:
         return self.run([X])[0]
 
     def run(self, sequences, stats: list | None = None, trace: list | None = None):
-        """Outputs for many sequences at once (concatenated internally, same arithmetic).
+        """Outputs for many sequences at once: :func:`exactformer.forward.run`.
 
         ``stats`` (a list) receives one dict per attention layer with its score margin;
         ``trace`` (a list) receives the concatenated token states after every layer.
         """
-        exact = self.exact or any(nm.is_exact(np.asarray(x)) for x in sequences)
-        xs = [nm.to_exact(x) if exact else np.asarray(x, dtype=np.float64) for x in sequences]
-        for j, x in enumerate(xs):
-            if x.ndim != 2 or x.shape[1] != self.d:
-                raise ValueError(f"sequence {j}: expected shape (n, {self.d}), got {x.shape}")
-        lengths = np.array([len(x) for x in xs], dtype=np.int64)
-        segments = np.concatenate([[0], np.cumsum(lengths)])
-        X = np.concatenate(xs) if xs else nm.zeros((0, self.d), exact)
-        model = self.as_exact() if exact and not self.exact else self
-        if trace is not None:
-            trace.append(("input", X.copy()))
-        fast = not exact
-        if fast:
-            X = np.array(X, dtype=np.float64, order="C")  # owned: the fast path works in place
-        groups = _ff_groups(model.blocks, single=trace is not None) if fast else {}
-        for l, blk in enumerate(model.blocks):
-            if blk.ff is not None:
-                if not fast or l not in groups:
-                    X = blk.ff(X)
-                elif groups[l]:  # first block of a run of sparse FFs: apply the whole run
-                    _apply_sparse_ffs(X, groups[l])
-                if trace is not None:
-                    trace.append((f"block {l} ff", X.copy()))
-            if blk.sa is not None:
-                st = {"block": l} if stats is not None else None
-                X = blk.sa(X, segments, self.attention, self.temperature, st)
-                if stats is not None and not blk.sa.uniform:
-                    stats.append(st)
-                if trace is not None:
-                    trace.append((f"block {l} sa", X.copy()))
-        return np.split(X, segments[1:-1])
+        from .forward import run
+
+        return run(self, sequences, stats=stats, trace=trace)
 
     # -- conversion --------------------------------------------------------------------------
     def _map(self, f) -> Transformer:
@@ -533,7 +226,7 @@ class Transformer:
     def as_exact(self) -> Transformer:
         return self._map(nm.to_exact)
 
-    # -- files (docs/design.md §2) ------------------------------------------------------------------
+    # -- files (docs/design.md §2, :mod:`exactformer.modelfile`) ---------------------------
     def named_tensors(self):
         for l, b in enumerate(self.blocks):
             for prefix, layer in (("ff", b.ff), ("sa", b.sa)):
@@ -542,132 +235,14 @@ class Transformer:
                         yield f"blocks.{l}.{prefix}.{name}", t
 
     def save(self, path) -> None:
-        """Write ``.safetensors`` atomically (temp file + rename).
+        """Write ``.safetensors`` atomically (exact models keep their rationals too)."""
+        from .modelfile import save
 
-        Exact models also store their rational weights in the metadata key ``rational``
-        (tensor name → list of ``"p/q"``), so that loading gives back the proven model.
-        """
-        from safetensors.numpy import save_file
-
-        tensors, rational = {}, {}
-        for name, t in self.named_tensors():
-            t = np.asarray(t)
-            tensors[name] = nm.to_float(t).copy(order="C")
-            if nm.is_exact(t):
-                rational[name] = [str(Fraction(v)) for v in t.ravel()]
-        meta = {
-            "format": FORMAT,
-            "attention": self.attention,
-            "temperature": repr(float(self.temperature)),
-            "d": str(self.d),
-            "n_blocks": str(self.n_blocks),
-            "block_kinds": json.dumps([b.kind for b in self.blocks]),
-            "info": json.dumps(self.info, default=str),
-        }
-        if rational:
-            meta["rational"] = json.dumps(rational)
-        write_atomic(path, lambda tmp: save_file(tensors, tmp, metadata=meta))
+        save(self, path)
 
     @classmethod
     def load(cls, path) -> Transformer:
-        """Read and check a model file; every problem is one :class:`ModelFileError` line."""
-        return _load(Path(path))
+        """Read and check a model file; every problem is one ``ModelFileError`` line."""
+        from .modelfile import load
 
-
-def _load(path: Path) -> Transformer:
-    from safetensors import SafetensorError, safe_open
-
-    if not path.exists():
-        raise ModelFileError(f"{path}: no such file")
-    try:
-        with safe_open(str(path), framework="numpy") as fh:
-            meta = fh.metadata() or {}
-            tensors = {k: fh.get_tensor(k) for k in fh.keys()}
-    except (SafetensorError, OSError, ValueError, TypeError) as exc:
-        raise ModelFileError(f"{path}: not a readable .safetensors file ({exc})") from None
-    if meta.get("format") != FORMAT:
-        raise ModelFileError(
-            f"{path}: unknown format {meta.get('format')!r} (expected {FORMAT!r})"
-        )
-    attention = meta.get("attention")
-    if attention not in ATTENTIONS:
-        raise ModelFileError(f"{path}: attention must be hardmax or softmax, got {attention!r}")
-    try:
-        d = int(meta["d"])
-        n_blocks = int(meta["n_blocks"])
-        temperature = float(meta.get("temperature", "1.0"))
-    except (KeyError, ValueError) as exc:
-        raise ModelFileError(f"{path}: bad or missing metadata ({exc})") from None
-    if d < 1 or n_blocks < 0:
-        raise ModelFileError(f"{path}: metadata d = {d}, n_blocks = {n_blocks} are not valid")
-    if attention == "softmax" and not (np.isfinite(temperature) and temperature > 0):
-        raise ModelFileError(f"{path}: softmax temperature must be positive, got {temperature}")
-    try:
-        kinds = json.loads(meta.get("block_kinds", "[]"))
-        info = json.loads(meta.get("info", "{}"))
-        rational = json.loads(meta.get("rational", "{}"))
-    except json.JSONDecodeError as exc:
-        raise ModelFileError(f"{path}: corrupt metadata ({exc})") from None
-    if not isinstance(kinds, list) or len(kinds) != n_blocks:
-        kinds = [""] * n_blocks
-    known = set()
-
-    def get(name, shape):
-        known.add(name)
-        if name not in tensors:
-            raise ModelFileError(f"{path}: missing tensor {name}")
-        t = tensors[name]
-        if t.dtype != np.float64:
-            raise ModelFileError(f"{path}: tensor {name} has dtype {t.dtype}, expected float64")
-        if tuple(t.shape) != tuple(shape):
-            raise ModelFileError(f"{path}: tensor {name} has shape {tuple(t.shape)}, "
-                                 f"expected {tuple(shape)}")
-        if not np.all(np.isfinite(t)):
-            raise ModelFileError(f"{path}: tensor {name} has non-finite values")
-        if name in rational:
-            try:
-                vals = [Fraction(s) for s in rational[name]]
-                exact = np.array(vals, dtype=object).reshape(t.shape)
-            except (ValueError, ZeroDivisionError, TypeError):
-                raise ModelFileError(f"{path}: corrupt rational weights for {name}") from None
-            if not np.array_equal(nm.to_float(exact), t):
-                raise ModelFileError(f"{path}: rational weights of {name} disagree with the tensor")
-            return exact if exact.shape else exact[()]
-        return t if t.shape else t[()]
-
-    def shape_of(name):
-        return tensors[name].shape if name in tensors else None
-
-    layers = {k.rsplit(".", 1)[0] for k in tensors}  # "blocks.{l}.ff" / "blocks.{l}.sa"
-    blocks = []
-    for l in range(n_blocks):
-        p = f"blocks.{l}."
-        ff = sa = None
-        if p + "ff" in layers:
-            ushape = shape_of(p + "ff.U")
-            w = ushape[0] if ushape is not None and len(ushape) == 2 else -1
-            if w < 0:
-                raise ModelFileError(f"{path}: tensor {p}ff.U missing or not 2-D")
-            ff = FeedForward(get(p + "ff.U", (w, d)), get(p + "ff.b", (w,)),
-                             get(p + "ff.W", (d, w)), get(p + "ff.eta", ()))
-        if p + "sa" in layers:
-            qshape = shape_of(p + "sa.Q")
-            h = qshape[0] if qshape is not None and len(qshape) == 2 else -1
-            if h < 0:
-                raise ModelFileError(f"{path}: tensor {p}sa.Q missing or not 2-D")
-            Q, K = get(p + "sa.Q", (h, d)), get(p + "sa.K", (h, d))
-            rho = get(p + "sa.rho", ())
-            if p + "sa.V" in tensors:
-                sa = SelfAttention(Q, K, V=get(p + "sa.V", (d, d)), rho=rho)
-            else:
-                vo = shape_of(p + "sa.Vo")
-                r = vo[1] if vo is not None and len(vo) == 2 else -1
-                if r < 0:
-                    raise ModelFileError(f"{path}: block {l} has neither sa.V nor sa.Vo/sa.Vi")
-                sa = SelfAttention(Q, K, Vo=get(p + "sa.Vo", (d, r)), Vi=get(p + "sa.Vi", (r, d)),
-                                   rho=rho)
-        blocks.append(Block(ff, sa, str(kinds[l])))
-    extra = sorted(set(tensors) - known)
-    if extra:
-        raise ModelFileError(f"{path}: unexpected tensor {extra[0]} (not part of {FORMAT})")
-    return Transformer(blocks, d, attention, temperature, info if isinstance(info, dict) else {})
+        return load(path)

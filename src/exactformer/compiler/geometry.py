@@ -1,4 +1,4 @@
-"""Geometric helpers of the passes: close pairs, trapezoid gaps, generic draws (docs/design.md §4)."""
+"""Helpers of the passes: close pairs, trapezoid gaps, generic draws (docs/design.md §4)."""
 
 from __future__ import annotations
 

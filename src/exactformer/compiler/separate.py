@@ -1,4 +1,4 @@
-"""Pass 2 — shift into the positive orthant, separate sequences by their means (docs/design.md §4.1).
+"""Pass 2 — shift into the positive orthant, separate sequences by means (docs/design.md §4.1).
 
 Also home of the broadcast + classify step that pass 3 (split) repeats after every move.
 """

@@ -17,7 +17,8 @@ import numpy as np
 
 from .. import numeric as nm
 from ..errors import CompileError
-from ..model import SelfAttention, _length_buckets
+from ..forward import length_buckets
+from ..model import SelfAttention
 from .endgame import Line
 from .leaders import Destinations
 from .state import TokenState
@@ -47,7 +48,7 @@ def choose_temperature(st: TokenState, dest: Destinations, line: Line, targets) 
     pid = st.point_ids()
     moved[np.isin(pid, [p for p, _ in dest.moves])] = True
     tau = np.inf
-    for idx in _length_buckets(st.segments):
+    for idx in length_buckets(st.segments):
         n = idx.shape[1]
         if n == 1:
             continue

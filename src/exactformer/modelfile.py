@@ -1,0 +1,148 @@
+"""The model file: ``.safetensors`` with the metadata and tensors of docs/design.md §2.
+
+:func:`save` writes atomically (temp file + rename); :func:`load` checks everything it
+reads and turns every problem into one :class:`~exactformer.errors.ModelFileError` line.
+Exact models also carry their rational weights in the metadata key ``rational``.
+"""
+
+from __future__ import annotations
+
+import json
+from fractions import Fraction
+from pathlib import Path
+
+import numpy as np
+
+from . import numeric as nm
+from .dataset import write_atomic
+from .errors import ModelFileError
+from .model import ATTENTIONS, FORMAT, Block, FeedForward, SelfAttention, Transformer
+
+
+def save(model, path) -> None:
+    """Write ``.safetensors`` atomically (temp file + rename).
+
+    Exact models also store their rational weights in the metadata key ``rational``
+    (tensor name → list of ``"p/q"``), so that loading gives back the proven model.
+    """
+    from safetensors.numpy import save_file
+
+    tensors, rational = {}, {}
+    for name, t in model.named_tensors():
+        t = np.asarray(t)
+        tensors[name] = nm.to_float(t).copy(order="C")
+        if nm.is_exact(t):
+            rational[name] = [str(Fraction(v)) for v in t.ravel()]
+    meta = {
+        "format": FORMAT,
+        "attention": model.attention,
+        "temperature": repr(float(model.temperature)),
+        "d": str(model.d),
+        "n_blocks": str(model.n_blocks),
+        "block_kinds": json.dumps([b.kind for b in model.blocks]),
+        "info": json.dumps(model.info, default=str),
+    }
+    if rational:
+        meta["rational"] = json.dumps(rational)
+    write_atomic(path, lambda tmp: save_file(tensors, tmp, metadata=meta))
+
+
+def load(path) -> Transformer:
+    """Read and check a model file; every problem is one :class:`ModelFileError` line."""
+    path = Path(path)
+    from safetensors import SafetensorError, safe_open
+
+    if not path.exists():
+        raise ModelFileError(f"{path}: no such file")
+    try:
+        with safe_open(str(path), framework="numpy") as fh:
+            meta = fh.metadata() or {}
+            tensors = {k: fh.get_tensor(k) for k in fh.keys()}
+    except (SafetensorError, OSError, ValueError, TypeError) as exc:
+        raise ModelFileError(f"{path}: not a readable .safetensors file ({exc})") from None
+    if meta.get("format") != FORMAT:
+        raise ModelFileError(
+            f"{path}: unknown format {meta.get('format')!r} (expected {FORMAT!r})"
+        )
+    attention = meta.get("attention")
+    if attention not in ATTENTIONS:
+        raise ModelFileError(f"{path}: attention must be hardmax or softmax, got {attention!r}")
+    try:
+        d = int(meta["d"])
+        n_blocks = int(meta["n_blocks"])
+        temperature = float(meta.get("temperature", "1.0"))
+    except (KeyError, ValueError) as exc:
+        raise ModelFileError(f"{path}: bad or missing metadata ({exc})") from None
+    if d < 1 or n_blocks < 0:
+        raise ModelFileError(f"{path}: metadata d = {d}, n_blocks = {n_blocks} are not valid")
+    if attention == "softmax" and not (np.isfinite(temperature) and temperature > 0):
+        raise ModelFileError(f"{path}: softmax temperature must be positive, got {temperature}")
+    try:
+        kinds = json.loads(meta.get("block_kinds", "[]"))
+        info = json.loads(meta.get("info", "{}"))
+        rational = json.loads(meta.get("rational", "{}"))
+    except json.JSONDecodeError as exc:
+        raise ModelFileError(f"{path}: corrupt metadata ({exc})") from None
+    if not isinstance(kinds, list) or len(kinds) != n_blocks:
+        kinds = [""] * n_blocks
+    known = set()
+
+    def get(name, shape):
+        known.add(name)
+        if name not in tensors:
+            raise ModelFileError(f"{path}: missing tensor {name}")
+        t = tensors[name]
+        if t.dtype != np.float64:
+            raise ModelFileError(f"{path}: tensor {name} has dtype {t.dtype}, expected float64")
+        if tuple(t.shape) != tuple(shape):
+            raise ModelFileError(f"{path}: tensor {name} has shape {tuple(t.shape)}, "
+                                 f"expected {tuple(shape)}")
+        if not np.all(np.isfinite(t)):
+            raise ModelFileError(f"{path}: tensor {name} has non-finite values")
+        if name in rational:
+            try:
+                vals = [Fraction(s) for s in rational[name]]
+                exact = np.array(vals, dtype=object).reshape(t.shape)
+            except (ValueError, ZeroDivisionError, TypeError):
+                raise ModelFileError(f"{path}: corrupt rational weights for {name}") from None
+            if not np.array_equal(nm.to_float(exact), t):
+                raise ModelFileError(f"{path}: rational weights of {name} disagree with the tensor")
+            return exact if exact.shape else exact[()]
+        return t if t.shape else t[()]
+
+    def shape_of(name):
+        return tensors[name].shape if name in tensors else None
+
+    layers = {k.rsplit(".", 1)[0] for k in tensors}  # "blocks.{l}.ff" / "blocks.{l}.sa"
+    blocks = []
+    for l in range(n_blocks):
+        p = f"blocks.{l}."
+        ff = sa = None
+        if p + "ff" in layers:
+            ushape = shape_of(p + "ff.U")
+            w = ushape[0] if ushape is not None and len(ushape) == 2 else -1
+            if w < 0:
+                raise ModelFileError(f"{path}: tensor {p}ff.U missing or not 2-D")
+            ff = FeedForward(get(p + "ff.U", (w, d)), get(p + "ff.b", (w,)),
+                             get(p + "ff.W", (d, w)), get(p + "ff.eta", ()))
+        if p + "sa" in layers:
+            qshape = shape_of(p + "sa.Q")
+            h = qshape[0] if qshape is not None and len(qshape) == 2 else -1
+            if h < 0:
+                raise ModelFileError(f"{path}: tensor {p}sa.Q missing or not 2-D")
+            Q, K = get(p + "sa.Q", (h, d)), get(p + "sa.K", (h, d))
+            rho = get(p + "sa.rho", ())
+            if p + "sa.V" in tensors:
+                sa = SelfAttention(Q, K, V=get(p + "sa.V", (d, d)), rho=rho)
+            else:
+                vo = shape_of(p + "sa.Vo")
+                r = vo[1] if vo is not None and len(vo) == 2 else -1
+                if r < 0:
+                    raise ModelFileError(f"{path}: block {l} has neither sa.V nor sa.Vo/sa.Vi")
+                sa = SelfAttention(Q, K, Vo=get(p + "sa.Vo", (d, r)), Vi=get(p + "sa.Vi", (r, d)),
+                                   rho=rho)
+        blocks.append(Block(ff, sa, str(kinds[l])))
+    extra = sorted(set(tensors) - known)
+    if extra:
+        raise ModelFileError(f"{path}: unexpected tensor {extra[0]} (not part of {FORMAT})")
+    return Transformer(blocks, d, attention, temperature, info if isinstance(info, dict) else {})
