@@ -10,6 +10,7 @@ See docs/design.md for the architecture (§1), the files (§2), what "exact" mea
 construction (§4-§5).
 """
 
+from . import progress
 from .compiler import compile
 from .dataset import Dataset, load_dataset, save_dataset
 from .errors import (
@@ -17,6 +18,7 @@ from .errors import (
     DatasetError,
     ExactformerError,
     InfeasibleError,
+    InternalError,
     ModelFileError,
 )
 from .model import Block, FeedForward, SelfAttention, Transformer
@@ -32,11 +34,13 @@ __all__ = [
     "ExactformerError",
     "FeedForward",
     "InfeasibleError",
+    "InternalError",
     "ModelFileError",
     "Report",
     "SelfAttention",
     "Transformer",
     "compile",
+    "progress",
     "load_dataset",
     "save_dataset",
     "verify",

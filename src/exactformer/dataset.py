@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import stat
 import tempfile
 import zipfile
 from dataclasses import dataclass, field
@@ -277,7 +278,11 @@ def _load(path: Path, require_targets: bool) -> Dataset:
 
 
 def write_atomic(path, write) -> None:
-    """Call ``write(tmp_path)`` then rename onto ``path``: readers never see a half-written file."""
+    """Call ``write(tmp_path)`` then rename onto ``path``: readers never see a half-written file.
+
+    The file gets the mode a plain ``open()`` would give it: a new file the umask's (0644
+    typically, not mkstemp's 0600), a replaced file keeps its own.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp" + path.suffix,
@@ -285,11 +290,25 @@ def write_atomic(path, write) -> None:
     os.close(fd)
     try:
         write(tmp)
+        os.chmod(tmp, _file_mode(path))
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
+
+
+def _file_mode(path: Path) -> int:
+    """The permission bits ``open(path, "w")`` would leave: the old file's, else the umask's."""
+    try:
+        st = os.stat(path)
+        if stat.S_ISREG(st.st_mode):
+            return stat.S_IMODE(st.st_mode)
+    except OSError:
+        pass
+    umask = os.umask(0)
+    os.umask(umask)
+    return 0o666 & ~umask
 
 
 def save_dataset(dataset: Dataset, path) -> None:

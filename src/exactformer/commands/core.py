@@ -3,34 +3,21 @@
 from __future__ import annotations
 
 import time
-from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
 import typer
-from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from ..cli import app, console, fail, user_errors
 from ..dataset import Dataset, load_dataset, save_dataset
 
 
-@contextmanager
 def _progress(enabled: bool):
-    """A rich progress bar fed by the compiler's ``progress(stage, done, total)`` callback."""
-    if not enabled:
-        yield None
-        return
-    with Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}"
-                  "/{task.total}"), TimeElapsedColumn(), console=console, transient=True) as bar:
-        tasks: dict[str, int] = {}
+    """Progress of the compiler's stages: a bar on a terminal, plain lines in a log."""
+    from ..progress import Progress
 
-        def update(stage: str, done: int, total):
-            if stage not in tasks:
-                tasks[stage] = bar.add_task(stage, total=total)
-            bar.update(tasks[stage], completed=done, total=total)
-
-        yield update
+    return Progress(console, enabled=enabled)
 
 
 def _summary(model, dataset: Dataset, report, seconds: float, title: str) -> Table:

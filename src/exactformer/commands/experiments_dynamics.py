@@ -10,7 +10,6 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
 from ..cli import console, experiment_app, fail, user_errors
 
@@ -22,9 +21,11 @@ def _make_dir(out: Path) -> None:
         fail(f"cannot create output directory {out}: {exc.strerror or exc}")
 
 
-def _progress() -> Progress:
-    return Progress(TextColumn("{task.description}"), BarColumn(), TextColumn(
-        "{task.completed}/{task.total}"), TimeElapsedColumn(), console=console, transient=True)
+def _progress():
+    """A bar on a terminal, plain lines in a log (:mod:`exactformer.progress`)."""
+    from ..progress import Progress
+
+    return Progress(console)
 
 
 @experiment_app.command("clustering")

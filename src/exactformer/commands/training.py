@@ -12,7 +12,6 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import typer
-from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
 from ..cli import app, console, experiment_app, fail, user_errors
 from ..dataset import load_dataset
@@ -29,13 +28,10 @@ def _require_torch() -> None:
 
 @contextmanager
 def _bar(enabled: bool, total: int, label: str):
-    """A rich bar whose description carries the current loss; yields ``update(**fields)``."""
-    if not enabled:
-        yield lambda advance=1, description=None: None
-        return
-    with Progress(TextColumn("{task.description}"), BarColumn(), TextColumn(
-            "{task.completed}/{task.total}"), TimeElapsedColumn(), console=console,
-            transient=True) as bar:
+    """Progress whose description carries the current loss; yields ``update(**fields)``."""
+    from ..progress import Progress
+
+    with Progress(console, enabled=enabled) as bar:
         task = bar.add_task(label, total=total)
 
         def update(advance=1, description=None):

@@ -19,6 +19,7 @@ from .. import numeric as nm
 from ..dataset import Dataset
 from ..errors import CompileError
 from ..model import Transformer
+from ..progress import as_callback
 from .endgame import plan_line, project, snap_all
 from .leaders import check_collapsed, collapse_attention, place_leaders, plan_destinations
 from .separate import shift_and_separate
@@ -48,7 +49,8 @@ def compile(dataset: Dataset, attention: str = "hardmax", compact: bool = False,
 
     ``attention``: "hardmax" or "softmax" (docs/design.md §5). ``compact``: no width limit, a
     handful of blocks. ``exact``: rational weights, verified with zero error. ``seed``
-    drives every generic draw. ``progress(stage, done, total)`` is called on long stages.
+    drives every generic draw. ``progress``: ``True`` prints progress lines on stderr, or a
+    callable ``progress(stage, done, total)`` called on long stages.
     The model is verified before it is returned; a failed check raises CompileError.
     """
     if dataset.labels is not None and not any(len(y) for y in dataset.targets):
@@ -57,6 +59,7 @@ def compile(dataset: Dataset, attention: str = "hardmax", compact: bool = False,
         dataset = with_codes(dataset, dataset.codes)  # classification: targets are codes
     if attention not in ("hardmax", "softmax"):
         raise ValueError(f"attention must be 'hardmax' or 'softmax', got {attention!r}")
+    progress = as_callback(progress)
     t0 = time.perf_counter()
     rng = np.random.default_rng(seed)
 
