@@ -166,3 +166,23 @@ def test_help_everywhere():
     for cmd in ([], ["compile"], ["verify"], ["info"], ["run"], ["demo"]):
         proc = run_cli(*cmd, "--help")
         assert proc.returncode == 0 and "Usage" in proc.stdout
+
+
+def test_info_shows_every_width_of_a_group_of_blocks(tmp_path):
+    from typer.testing import CliRunner
+
+    from exactformer.cli import app
+    from exactformer.model import Block, FeedForward
+
+    def ff(w):
+        return FeedForward(np.ones((w, 2)), np.zeros(w), np.zeros((2, w)))
+
+    blocks = [Block(ff(2), None, "point move"), Block(ff(4), None, "point move"),
+              Block(ff(1), None, "snap")]
+    path = tmp_path / "m.safetensors"
+    Transformer(blocks, 2).save(path)
+    res = CliRunner().invoke(app, ["info", str(path)], env={"COLUMNS": "200"})
+    assert res.exit_code == 0, res.output
+    rows = [line for line in res.output.splitlines() if "point move" in line or "snap" in line]
+    assert "2–4" in rows[0] and "0–1" in rows[0]
+    assert "2–4" not in rows[1]

@@ -20,6 +20,16 @@ def _pyplot():
     return plt
 
 
+def _symlog_axes(ax) -> None:
+    """Symmetric log axes, linear within ±1, ticks written as plain numbers (not −10⁰)."""
+    from matplotlib.ticker import FuncFormatter, SymmetricalLogLocator
+
+    for axis, set_scale in ((ax.xaxis, ax.set_xscale), (ax.yaxis, ax.set_yscale)):
+        set_scale("symlog", linthresh=1.0)
+        axis.set_major_locator(SymmetricalLogLocator(base=10, linthresh=1.0))
+        axis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+
+
 def trajectory_states(model: Transformer, dataset: Dataset):
     """Token states (float64, concatenated) after every layer, with labels."""
     trace: list = []
@@ -87,15 +97,18 @@ def plot_trajectories(model: Transformer, dataset: Dataset, out_dir) -> list[Pat
 
     fig, ax = plt.subplots(figsize=(7, 6))
     stack = np.stack([X for _, X in states])  # (layers, T, d)
+    labelled: set = set()
     for t in range(stack.shape[1]):
-        ax.plot(stack[:, t, 0], stack[:, t, 1], "-", color=colors[seq[t]], alpha=0.5, lw=1)
-        ax.scatter(stack[0, t, 0], stack[0, t, 1], color=colors[seq[t]], s=40, edgecolor="k")
+        j = int(seq[t])
+        ax.plot(stack[:, t, 0], stack[:, t, 1], "-", color=colors[j], alpha=0.5, lw=1,
+                label=None if j in labelled else f"sequence {j}")
+        labelled.add(j)
+        ax.scatter(stack[0, t, 0], stack[0, t, 1], color=colors[j], s=40, edgecolor="k")
     ax.scatter(targets[:, 0], targets[:, 1], s=220, marker="*", color="crimson",
                label="targets", zorder=5)
-    ax.set_xscale("symlog")
-    ax.set_yscale("symlog")
-    ax.set_xlabel("x₁ (symlog)")
-    ax.set_ylabel("x₂ (symlog)")
+    _symlog_axes(ax)
+    ax.set_xlabel("x₁ (linear within ±1, logarithmic beyond)")
+    ax.set_ylabel("x₂ (linear within ±1, logarithmic beyond)")
     ax.set_title("Every token's path through all layers (dots: inputs)")
     ax.legend()
     ax.grid(alpha=0.3)

@@ -161,11 +161,19 @@ def info_cmd(model_path: Path = typer.Argument(..., metavar="MODEL")):
     for col in ("blocks", "kind", "FF width", "attention rank"):
         blocks.add_column(col)
     for first, last, kind in _runs([b.kind or "-" for b in model.blocks]):
-        b = model.blocks[first]
+        group = model.blocks[first:last + 1]
         blocks.add_row(f"{first}" if first == last else f"{first}–{last}", kind,
-                       "-" if b.ff is None else str(b.ff.width),
-                       "-" if b.sa is None else str(b.sa.rank))
+                       _span([b.ff.width for b in group if b.ff is not None]),
+                       _span([b.sa.rank for b in group if b.sa is not None]))
     console.print(blocks)
+
+
+def _span(values: list[int]) -> str:
+    """"-" for no layer, "4" when all agree, "2–4" when the blocks of a group differ."""
+    if not values:
+        return "-"
+    lo, hi = min(values), max(values)
+    return str(lo) if lo == hi else f"{lo}–{hi}"
 
 
 @app.command("run")
@@ -220,9 +228,9 @@ def demo_cmd(
     if attention == "softmax":
         from ..figures import plot_collapse_contrast
 
-        hard = exactformer.compile(dataset, attention="hardmax")
-        figs.append(plot_collapse_contrast(hard, exactformer.compile(dataset, attention="softmax"),
-                                           dataset, out))
+        # the saved model itself (its τ), against the hardmax model of the same exact draws
+        hard = exactformer.compile(dataset, attention="hardmax", exact=True)
+        figs.append(plot_collapse_contrast(hard.as_float(), model.as_float(), dataset, out))
     if report.certificate:
         console.print(f"certificate: {report.certificate}")
     if attention == "softmax":  # the certificate's exact outputs (exp has no rational forward)
