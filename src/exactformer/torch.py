@@ -29,6 +29,7 @@ import torch
 from torch import nn
 
 from . import numeric as nm
+from .hooks import NO_HOOKS, HookedModule, HookPoint, HookPoints
 from .model import ATTENTIONS, Block, FeedForward, SelfAttention, Transformer
 
 __all__ = ["TorchTransformer", "TorchFeedForward", "TorchSelfAttention", "pad_sequences"]
@@ -54,9 +55,16 @@ class TorchFeedForward(nn.Module):
     def width(self) -> int:
         return int(self.U.shape[0])
 
+    def added(self, X: torch.Tensor, hooks: HookPoints | None = None) -> torch.Tensor:
+        """``W·relu(U·x + b)``, the term added to ``η·x`` (TransformerLens's ``mlp_out``);
+        ``hooks`` (the block's ``mlp``) sees and may patch ``hook_pre`` (U·x + b) and
+        ``hook_post`` (its ReLU)."""
+        hooks = NO_HOOKS if hooks is None else hooks
+        return hooks.hook_post(torch.relu(hooks.hook_pre(X @ self.U.T + self.b))) @ self.W.T
+
     def forward(self, X: torch.Tensor) -> torch.Tensor:
         # same operation order as FeedForward.__call__ in model.py
-        return self.eta * X + torch.relu(X @ self.U.T + self.b) @ self.W.T
+        return self.eta * X + self.added(X)
 
     def to_numpy(self) -> FeedForward:
         return FeedForward(_numpy(self.U), _numpy(self.b), _numpy(self.W), _numpy(self.eta)[()])
@@ -73,6 +81,7 @@ class TorchSelfAttention(nn.Module):
     def __init__(self, Q, K, V=None, Vo=None, Vi=None, rho=1.0):
         super().__init__()
         self.rho, self.Q, self.K = _param(rho), _param(Q), _param(K)
+        self.tie_tol = 0.0  # relative tie tolerance of hardmax (exports only, see pattern)
         self.factored = V is None
         if self.factored:
             self.Vo, self.Vi = _param(Vo), _param(Vi)
@@ -88,33 +97,61 @@ class TorchSelfAttention(nn.Module):
             return (X @ self.Vi.T) @ self.Vo.T
         return X @ self.V.T
 
-    def weights(self, X, pad, attention, temperature, surrogate=None) -> torch.Tensor:
-        """Attention matrix P ``(B, n, n)``; rows sum to 1 over the real keys, 0 on padding.
+    def scores(self, X, pad) -> torch.Tensor:
+        """``⟨Q x_i, K x_j⟩`` ``(B, n, n)``, −inf on padding keys (0 everywhere when h = 0)."""
+        scores = (X @ self.Q.T) @ (X @ self.K.T).transpose(1, 2)
+        return scores.masked_fill(pad[:, None, :], float("-inf"))
 
+    def pattern(self, scores, pad, attention, temperature, surrogate=None) -> torch.Tensor:
+        """Attention matrix P ``(B, n, n)`` from the (masked) scores.
+
+        Rows sum to 1 over the real keys, 0 on padding; no data-dependent Python branch,
+        so the layer traces (``torch.export``, ``torch.compile(fullgraph=True)``, ONNX) and
+        runs on the ``meta`` device. Hardmax is uniform over the argmax set, ties included
+        (docs/design.md §1); with :attr:`tie_tol` > 0 (set by exports, from a certified
+        score margin) every key within ``tie_tol · max|score|`` of the top joins the set,
+        so copies whose scores another runtime rounds differently still tie.
         ``surrogate`` (a temperature) replaces hardmax by softmax, for training only.
         """
-        B, n, _ = X.shape
         keep = ~pad[:, None, :]  # (B, 1, n): True on real keys
-        if self.rank == 0:
-            P = keep.expand(B, n, n).to(X.dtype)
-            return P / P.sum(dim=2, keepdim=True).clamp(min=1)
-        scores = (X @ self.Q.T) @ (X @ self.K.T).transpose(1, 2)
-        scores = scores.masked_fill(~keep, float("-inf"))
         if attention == "hardmax" and surrogate is None:
-            # uniform over the exact argmax set, ties included (docs/design.md §1)
             top = scores.amax(dim=2, keepdim=True)
-            P = ((scores == top) & keep).to(X.dtype)
+            if self.tie_tol > 0:
+                scale = scores.abs().masked_fill(~keep, 0.0).amax(dim=2, keepdim=True)
+                top = top - self.tie_tol * scale
+            P = ((scores >= top) & keep).to(scores.dtype)
             return P / P.sum(dim=2, keepdim=True).clamp(min=1)
         tau = surrogate if attention == "hardmax" else temperature  # τ of the file otherwise
         # a sequence with no real key at all (empty) would give NaN rows: make them 0
         empty = ~keep.any(dim=2, keepdim=True)
-        if bool(empty.any()):
-            scores = scores.masked_fill(empty, 0.0)
+        scores = scores.masked_fill(empty, 0.0)
         return torch.softmax(scores / tau, dim=2).masked_fill(~keep, 0.0)
 
+    def weights(self, X, pad, attention, temperature, surrogate=None) -> torch.Tensor:
+        """Attention matrix P ``(B, n, n)``; rows sum to 1 over the real keys, 0 on padding."""
+        return self.pattern(self.scores(X, pad), pad, attention, temperature, surrogate)
+
+    def added(self, X, pad, attention="hardmax", temperature=1.0, surrogate=None,
+              hooks: HookPoints | None = None) -> torch.Tensor:
+        """``Σ_j P_ij V x_j``, the term added to ``ρ·x_i`` (TransformerLens's ``attn_out``).
+
+        ``hooks`` (the block's ``attn``) sees and may patch ``hook_q``, ``hook_k``
+        ``(B, n, 1, h)``, ``hook_attn_scores``, ``hook_pattern`` ``(B, 1, n, n)``,
+        ``hook_v`` (the values ``V x``) and ``hook_z`` (the mixed values) ``(B, n, 1, d)``:
+        TransformerLens's shapes with one head.
+        """
+        hooks = NO_HOOKS if hooks is None else hooks
+        q = hooks.hook_q((X @ self.Q.T)[:, :, None])[:, :, 0]
+        k = hooks.hook_k((X @ self.K.T)[:, :, None])[:, :, 0]
+        scores = (q @ k.transpose(1, 2)).masked_fill(pad[:, None, :], float("-inf"))
+        scores = hooks.hook_attn_scores(scores[:, None])[:, 0]
+        P = self.pattern(scores, pad, attention, temperature, surrogate)
+        P = hooks.hook_pattern(P[:, None])[:, 0]
+        v = hooks.hook_v(self.values(X)[:, :, None])[:, :, 0]
+        return hooks.hook_z((P @ v)[:, :, None])[:, :, 0]
+
     def forward(self, X, pad, attention="hardmax", temperature=1.0, surrogate=None):
-        P = self.weights(X, pad, attention, temperature, surrogate)
-        return self.rho * X + P @ self.values(X)
+        return self.rho * X + self.added(X, pad, attention, temperature, surrogate)
 
     def to_numpy(self) -> SelfAttention:
         Q, K, rho = _numpy(self.Q), _numpy(self.K), _numpy(self.rho)[()]
@@ -123,12 +160,45 @@ class TorchSelfAttention(nn.Module):
         return SelfAttention(Q, K, V=_numpy(self.V), rho=rho)
 
 
-class TorchBlock(nn.Module):
-    """FF then SA; a missing layer (``None``) is the identity (docs/design.md §2)."""
+BLOCK_HOOKS = ("hook_resid_pre", "hook_mlp_out", "hook_resid_mid", "hook_attn_out",
+               "hook_resid_post")
+MLP_HOOKS = ("hook_pre", "hook_post")
+ATTN_HOOKS = ("hook_q", "hook_k", "hook_attn_scores", "hook_pattern", "hook_v", "hook_z")
 
-    def __init__(self, ff: TorchFeedForward | None, sa: TorchSelfAttention | None, kind=""):
+
+class TorchBlock(nn.Module):
+    """FF then SA; a missing layer (``None``) is the identity (docs/design.md §2).
+
+    Hook points (docs/export.md): ``hook_resid_pre`` → FF → ``hook_resid_mid`` → SA →
+    ``hook_resid_post`` on every block; ``hook_mlp_out`` and ``mlp.hook_pre/hook_post``
+    where there is an FF, ``hook_attn_out`` and ``attn.hook_*`` where there is an SA.
+    ``hook_point`` makes them (TransformerLens's own class in :mod:`exactformer.lens`).
+    """
+
+    def __init__(self, ff: TorchFeedForward | None, sa: TorchSelfAttention | None, kind="",
+                 hook_point=HookPoint):
         super().__init__()
         self.ff, self.sa, self.kind = ff, sa, kind
+        names = [n for n in BLOCK_HOOKS if (n != "hook_mlp_out" or ff is not None)
+                 and (n != "hook_attn_out" or sa is not None)]
+        for name in names:
+            setattr(self, name, hook_point())
+        self.mlp = None if ff is None else HookPoints(MLP_HOOKS, hook_point)
+        self.attn = None if sa is None else HookPoints(ATTN_HOOKS, hook_point)
+
+    def forward(self, X, pad, attention, temperature, surrogate=None, record=None):
+        X = self.hook_resid_pre(X)
+        if self.ff is not None:
+            X = self.ff.eta * X + self.hook_mlp_out(self.ff.added(X, self.mlp))
+            if record is not None:
+                record("ff", X)
+        X = self.hook_resid_mid(X)
+        if self.sa is not None:
+            mixed = self.sa.added(X, pad, attention, temperature, surrogate, self.attn)
+            X = self.sa.rho * X + self.hook_attn_out(mixed)
+            if record is not None:
+                record("sa", X)
+        return self.hook_resid_post(X)
 
 
 def pad_sequences(sequences, d: int | None = None, dtype=torch.float64, device=None):
@@ -156,7 +226,7 @@ def _float_array(x):
     return nm.to_float(np.asarray(x))
 
 
-class TorchTransformer(nn.Module):
+class TorchTransformer(HookedModule, nn.Module):
     """The docs/design.md §1 transformer as an ``nn.Module``.
 
     Build it with :meth:`from_file` or :meth:`from_model`; call it on ``(n, d)`` or
@@ -180,6 +250,9 @@ class TorchTransformer(nn.Module):
         # carries dtype/device for models without any parameter; not saved
         self.register_buffer("_probe", torch.zeros((), dtype=torch.float64), persistent=False)
         self._rational: dict[str, np.ndarray] | None = None
+        self._setup_hook_names()
+
+    hook_point = HookPoint  # the class of the hook points from_model builds
 
     # -- construction ---------------------------------------------------------------------
     @classmethod
@@ -197,7 +270,7 @@ class TorchTransformer(nn.Module):
             if b.sa is not None:
                 s = b.sa
                 sa = TorchSelfAttention(s.Q, s.K, s.V, s.Vo, s.Vi, s.rho)
-            blocks.append(TorchBlock(ff, sa, b.kind))
+            blocks.append(TorchBlock(ff, sa, b.kind, cls.hook_point))
         out = cls(blocks, model.d, model.attention, model.temperature, model.info, **kw)
         rational = {name: np.asarray(t) for name, t in model.named_tensors()
                     if nm.is_exact(np.asarray(t))}
@@ -301,12 +374,12 @@ class TorchTransformer(nn.Module):
 
         record("input")
         for l, blk in enumerate(self.blocks):
-            if blk.ff is not None:
-                X = blk.ff(X)
-                record(f"block {l} ff")
-            if blk.sa is not None:
-                X = blk.sa(X, pad, self.attention, self.temperature, self.hardmax_surrogate)
-                record(f"block {l} sa")
+
+            def step(layer, value, l=l):
+                trace.append((f"block {l} {layer}", value[0] if single else value))
+
+            X = blk(X, pad, self.attention, self.temperature, self.hardmax_surrogate,
+                    None if trace is None else step)
         return X[0] if single else X
 
     def run(self, sequences) -> list[torch.Tensor]:
