@@ -11,6 +11,7 @@ MODULES = [
     "experiments_dynamics",
     "training",
     "bench",
+    "tdtf",
 ]
 
 
