@@ -416,7 +416,7 @@ def plot(result: dict, path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(7, 4.8))
+    fig, ax = plt.subplots(figsize=(10, 4.8))
     series = sorted({r["series"] for r in result["rows"] if r["series"].endswith(("-N", "-n"))})
     colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
     for i, s in enumerate(series):
@@ -428,7 +428,7 @@ def plot(result: dict, path: Path) -> None:
         for metric, style, label in (("compile_s", "-o", "whole process"),
                                      ("compiler_s", "--s", "compiler")):
             y = [r[metric] for r in pts]
-            e = fit_exponent(t, y)
+            e = fit_exponent(t, y) if len(pts) >= 3 else None  # two points are no fit
             ax.plot(t, y, style, color=colors[i % len(colors)], ms=4,
                     label=f"{s}, {label}" + (f" (slope {e:.2f})" if e is not None else ""))
     ax.set_xscale("log")
@@ -437,7 +437,7 @@ def plot(result: dict, path: Path) -> None:
     ax.set_ylabel("seconds (median)")
     ax.set_title("exactformer compile time vs tokens")
     ax.grid(True, which="both", alpha=0.3)
-    ax.legend(fontsize=7, loc="upper left")
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))  # outside the points
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)

@@ -56,6 +56,10 @@ def _paths(ax, traj, labels, cmap="tab10"):
 # ------------------------------------------------------------------------ figures
 
 
+def _layers(k: int) -> str:
+    return "1 layer" if k == 1 else f"{k} layers"
+
+
 def fig_argmax_geometry(out: Path) -> dict:
     """Argmax set of a token = the tokens furthest along ``A x_i`` (a supporting line)."""
     plt = _pyplot()
@@ -145,7 +149,9 @@ def fig_clustering(out: Path) -> dict:
     for ax, k in zip(axes, snaps, strict=True):
         ax.scatter(*traj.states[k].T, s=16, c=[cm(c % 10) for c in lc.labels])
         ax.scatter(*Z[lc.leaders].T, marker="*", s=200, facecolor="none", edgecolor="k")
-        ax.set_title(f"after {k} layers" if k else "input (stars: leaders)")
+        ax.set_title(f"after {_layers(k)}" if k else "input (stars: leaders)")
+        ax.set_xlabel("z₁")
+        ax.set_ylabel("z₂")
         ax.set_aspect("equal")
     _save(fig, out / "clustering.png")
     return {
@@ -171,7 +177,7 @@ def fig_trajectories_2d(out: Path) -> dict:
     ax.scatter(*lc.points.T, marker="*", s=220, c="k", zorder=5, label="limit points")
     ax.set_aspect("equal")
     ax.legend(loc="lower right")
-    ax.set_title(f"hardmax trajectories, α = 0.5 ({traj.steps} layers)")
+    ax.set_title(f"hardmax trajectories, α = 0.5 ({_layers(traj.steps)})")
     _save(fig, out / "trajectories_2d.png")
     return {"steps": traj.steps, "n_clusters": lc.n_clusters, "n_leaders": len(lc.leaders),
             "kinds": {k: int((lc.kind == k).sum()) for k in ("leader", "emerged", "tie")}}
@@ -195,7 +201,7 @@ def fig_sphere(out: Path) -> dict:
     ax.scatter(*traj.initial.T, s=10, c=[cm(c % 10) for c in lc.labels])
     ax.scatter(*lc.points.T, marker="*", s=200, c="k")
     ax.set_box_aspect((1, 1, 1))
-    ax.set_title(f"on the sphere: {lc.n_clusters} clusters after {traj.steps} layers")
+    ax.set_title(f"on the sphere: {lc.n_clusters} clusters after {_layers(traj.steps)}")
     _save(fig, out / "sphere.png")
     return {
         "converged": traj.converged,
@@ -253,11 +259,13 @@ def fig_softmax(out: Path, quick: bool) -> dict:
         _paths(ax, traj, lc.labels)
         ax.scatter(*traj.final.T, marker="x", s=30, c="k", zorder=5)
         ax.set_title(name)
+        ax.set_xlabel("z₁")
+        ax.set_ylabel("z₂")
         ax.set_aspect("equal")
         if name != "hardmax":
             errors[name] = float(np.abs(traj.final - hard.final).max())
             clusters[name] = limit_configuration(traj, atol=1e-3).n_clusters
-    fig.suptitle(f"after {depth} layers; s = largest |score| = {scale:.2f}; colours: hardmax"
+    fig.suptitle(f"after {_layers(depth)}; s = largest |score| = {scale:.2f}; colours: hardmax"
                  " clusters")
     _save(fig, out / "hardmax_vs_softmax.png")
     return {"depth": depth, "score_scale": scale, "temperatures": taus,
@@ -323,13 +331,13 @@ CAPTIONS = {
         "**Rank-one A.** With $A = a a^T$ the scores only see $⟨a, z⟩$, so every token runs "
         "on a straight line to the extreme token on its side of the origin; the limit "
         f"({s['n_limit_points']} points) lies on the line through the two extremes "
-        f"(max deviation {s['max_error_to_extremes']:.1e}, {s['steps']} layers)."
+        f"(max deviation {s['max_error_to_extremes']:.1e}, {_layers(s['steps'])})."
     ),
     "clustering.png": lambda s: (
         f"**Full clustering onto the leaders.** {s['n_tokens']} tokens, anisotropic SPD A, "
         f"α = 1. The {len(s['leaders'])} leaders (stars: tokens that win their own argmax) "
         "never move; every other token converges to one of them "
-        f"({s['n_clusters']} clusters after {s['steps']} layers)."
+        f"({s['n_clusters']} clusters after {_layers(s['steps'])})."
     ),
     "no_concentration.png": lambda s: (
         "**No concentration.** An exactly symmetric configuration (square, centre, symmetric "
@@ -340,7 +348,7 @@ CAPTIONS = {
     "trajectories_2d.png": lambda s: (
         f"**Trajectories in 2-D.** 60 tokens, α = 0.5: {s['n_clusters']} limit points, "
         f"{s['kinds']['leader']} of them initial leaders, {s['kinds']['emerged']} leaders "
-        f"that emerged during the run, {s['kinds']['tie']} ties ({s['steps']} layers)."
+        f"that emerged during the run, {s['kinds']['tie']} ties ({_layers(s['steps'])})."
     ),
     "sphere.png": lambda s: (
         "**On the sphere (normalised case).** Tokens are rescaled to unit norm after every "
