@@ -11,7 +11,7 @@ import exactformer as ef
 import exactformer.compiler as compiler
 from conftest import random_dataset
 from exactformer import Dataset, InfeasibleError
-from exactformer.compiler import endgame, separate, validate
+from exactformer.compiler import endgame, geometry, validate
 from exactformer.compiler.split import _mixed_classes
 from exactformer.compiler.state import TokenState
 from exactformer.errors import CompileError
@@ -159,11 +159,11 @@ def test_rule_i_reports_the_conflict_the_plain_scan_finds(rng, monkeypatch):
 def _classes_reference(st, means, tol, rng):
     """The class refinement with the (T, 3) key sorted by np.unique(axis=0)."""
     N = st.n_sequences
-    pairs = separate.close_pairs(means, tol, rng)
-    clusters = separate._components(N, pairs[:, 0], pairs[:, 1])
+    pairs = geometry.close_pairs(means, tol, rng)
+    clusters = geometry._components(N, pairs[:, 0], pairs[:, 1])
     key = np.stack([st.cls[st.seq], clusters[st.seq], st.value], axis=1)
     node = np.unique(key, axis=0, return_inverse=True)[1].ravel()
-    labels = separate._components(N + node.max() + 1, st.seq, N + node)
+    labels = geometry._components(N + node.max() + 1, st.seq, N + node)
     return np.unique(labels[:N], return_inverse=True)[1].ravel()
 
 
@@ -174,7 +174,7 @@ def test_classes_match_the_reference(rng):
     st.cls = rng.integers(0, 4, size=st.n_sequences)
     means = np.add.reduceat(st.X, st.segments[:-1], axis=0) / np.diff(st.segments)[:, None]
     means = np.round(means, 1)  # many equal means
-    got = separate._classes(st, means, 1e-9, np.random.default_rng(0))
+    got = geometry._classes(st, means, 1e-9, np.random.default_rng(0))
     want = _classes_reference(st, means, 1e-9, np.random.default_rng(0))
     np.testing.assert_array_equal(got, want)
 

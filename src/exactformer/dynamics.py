@@ -35,6 +35,8 @@ from typing import Literal
 import numpy as np
 from scipy.special import softmax
 
+from .tolerances import TIE_RTOL
+
 Attention = Literal["hardmax", "softmax"]
 
 __all__ = [
@@ -50,8 +52,6 @@ __all__ = [
     "random_spd",
 ]
 
-#: Relative tolerance on scores below which two scores count as tied (hardmax).
-TIE_RTOL = 1e-12
 
 
 def _check_inputs(Z: np.ndarray, A: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -26,6 +26,7 @@ import numpy as np
 
 from . import numeric as nm
 from .screen import chunks_above
+from .tolerances import MARGIN_COPY, SCREEN_SLACK
 
 
 def length_buckets(segments: np.ndarray, max_entries: int = 2_000_000):
@@ -43,7 +44,7 @@ def record_margins(stats, scores, mask, values, P) -> None:
     """Smallest relative score margin between a token's argmax set and the distinct tokens.
 
     docs/design.md §3: margins are measured between points meant to be distinct, so tokens whose
-    value equals (to 1e-9 relative) the mean value of the argmax set are left out.
+    value equals (to MARGIN_COPY = 1e-9 relative) the mean value of the argmax set are left out.
 
     The rival of a token is the best-scoring distinct token. For hardmax: the top score if a
     member of the argmax set is itself distinct (a tie: margin 0), else the best score
@@ -57,7 +58,7 @@ def record_margins(stats, scores, mask, values, P) -> None:
     count = m.sum(axis=2, keepdims=True)
     target = (m.astype(np.float64) @ v) / count  # (B, n, dv): mean value of the argmax set
     scale_v = max(float(np.max(np.abs(v))) if v.size else 0.0, 1e-300)
-    tol = 1e-9 * scale_v
+    tol = MARGIN_COPY * scale_v
     scale_s = np.max(np.abs(s), axis=2)
     top = s.max(axis=2)
     B, n = s.shape[:2]
@@ -99,7 +100,6 @@ _RUN_COLUMNS = 128  # distinct U rows per screened run
 # read its direction (compact snaps: ~7000 rows each), so long runs of wide FFs hold a
 # quadratic number of candidates (2.7 GB at 10⁶ tokens with 128 compact snaps in one run)
 _RUN_UNITS = 1024
-_SCREEN_SLACK = 1e-9  # relative: far above the rounding of two evaluation orders
 _DENSE_SHARE = 0.25  # wide FF: candidate rows with more active units than this go dense
 
 
@@ -227,7 +227,7 @@ def _apply_ff_run(X: np.ndarray, ffs: list, xmax: float, sc: _Screen) -> None:
     """
     n1 = np.array([float(np.abs(ff.U).sum(axis=1).max()) for ff in ffs])  # |U·Δ| ≤ n1·|Δ|∞
     bmax = np.array([float(np.abs(ff.b).max()) for ff in ffs])
-    delta = _SCREEN_SLACK * (n1 * xmax + bmax) + 1e-300
+    delta = SCREEN_SLACK * (n1 * xmax + bmax) + 1e-300
     sc.pair_thr = sc.pair_thr - delta[sc.pair_ff]
     sc.prepare()
     found_rows, found_ff = [np.zeros(0, dtype=np.int64)], [np.zeros(0, dtype=np.int64)]

@@ -17,8 +17,9 @@ import numpy as np
 from . import numeric as nm
 from .dataset import Dataset
 from .model import Transformer
+from .tolerances import VERIFY_TOL
 
-DEFAULT_TOL = 1e-10
+DEFAULT_TOL = VERIFY_TOL
 
 
 @dataclass

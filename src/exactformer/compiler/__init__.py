@@ -20,6 +20,7 @@ from ..dataset import Dataset
 from ..errors import CompileError
 from ..model import Transformer
 from ..progress import as_callback
+from ..tolerances import COLLAPSE_TOL
 from .endgame import plan_line, project, snap_all
 from .leaders import check_collapsed, collapse_attention, place_leaders, plan_destinations
 from .separate import shift_and_separate
@@ -84,7 +85,7 @@ def compile(dataset: Dataset, attention: str = "hardmax", compact: bool = False,
     builder.add_sa(layer, "collapse", attention, tau, X_new=X_new)
     if not line.folded:
         if attention == "hardmax":
-            check_collapsed(builder, dest, tol=1e-6)
+            check_collapsed(builder, dest, tol=COLLAPSE_TOL)
         project(builder, line)
     # exact softmax simulates the ideal collapse: leave room for the certified ε
     widen = attention == "softmax" and exact

@@ -20,26 +20,12 @@ import numpy as np
 from .. import numeric as nm
 from ..craft import line_projection, snap
 from ..errors import CompileError
+from ..tolerances import ISOLATION, LANDING, SNAP_BUDGET
 from .geometry import generic_unit
-from .leaders import Destinations
 from .state import ModelBuilder
+from .types import Cluster, Destinations, Line
 
 EPS = float(np.finfo(np.float64).eps)
-# compact mode: estimated relative rounding per snap layer. Another evaluation order (the
-# torch twin's matmul) measured ~1.1× the numpy error: 2e-12 keeps both within 1e-12 of each
-# other and 300× under the 1e-10 promise (N = 1000, 1000 targets: 13 snap layers, 3.5e-13).
-SNAP_BUDGET = 2e-12
-
-
-@dataclass
-class Line:
-    """``λ(x) = α⟨v,x⟩ + β`` and the line direction ``w`` (docs/design.md §4 step 4)."""
-
-    v: np.ndarray
-    w: np.ndarray
-    alpha: object
-    beta: object
-    folded: bool  # projection folded into the collapse (then β = 0)
 
 
 def plan_line(dest: Destinations, targets: np.ndarray, scale: float, exact: bool, rng,
@@ -73,13 +59,6 @@ def project(builder: ModelBuilder, line: Line) -> None:
     builder.add_ff(line_projection(line.v, line.alpha, line.beta, line.w), "projection")
 
 
-@dataclass
-class Cluster:
-    low: object
-    high: object
-    target: np.ndarray
-
-
 def _clusters(builder: ModelBuilder, dest: Destinations, targets: np.ndarray,
               w: np.ndarray, widen: bool = False, s: np.ndarray | None = None
               ) -> tuple[list[Cluster], object, list[np.ndarray]]:
@@ -88,7 +67,7 @@ def _clusters(builder: ModelBuilder, dest: Destinations, targets: np.ndarray,
 
     ``s``: the line coordinates ``X·w`` when the caller already has them.
     ``widen``: the simulated positions are ideal (exact softmax); every interval is widened
-    by 1/20 of the smallest spacing, far more than the softmax collapse can move a token.
+    by 1/ISOLATION of the smallest spacing, far more than the softmax collapse can move a token.
     """
     st = builder.state
     if s is None:
@@ -103,7 +82,7 @@ def _clusters(builder: ModelBuilder, dest: Destinations, targets: np.ndarray,
     top_target = max(targets @ w)
     if widen:
         levels = sorted([top_target] + list(lows))
-        margin = min(b - a for a, b in zip(levels[:-1], levels[1:])) / 20
+        margin = min(b - a for a, b in zip(levels[:-1], levels[1:])) / ISOLATION
         lows, highs = lows - margin, highs + margin
     clusters = [Cluster(lows[i], highs[i], targets[dest.target[ids[i]]]) for i in rank]
     tokens = [tokens[i] for i in rank]
@@ -111,7 +90,7 @@ def _clusters(builder: ModelBuilder, dest: Destinations, targets: np.ndarray,
     for i, c in enumerate(clusters):
         gap = float(c.low - below)
         width = float(c.high - c.low)
-        if gap <= 0 or (not st.exact and width > 0.05 * gap):
+        if gap <= 0 or (not st.exact and width * ISOLATION > gap):
             which = "the targets" if i == 0 else "the next lower cluster"
             raise CompileError(
                 f"internal: cluster {i} on the line (width {width:.3g}) is not well apart "
@@ -236,9 +215,10 @@ def _check_landed(s: np.ndarray, top_target, low0) -> None:
     """Every token ended below every snap threshold, with room for another rounding order.
 
     The lowest threshold of all snap layers is ``top + (low₀ − top)/3``; require
-    ``s < top + (low₀ − top)/6``, so every skipped ReLU was off by a sixth of a gap at least.
+    ``s < top + (low₀ − top)/LANDING`` (a sixth), so every skipped ReLU was off by a sixth
+    of a gap at least.
     """
-    limit = top_target + (low0 - top_target) / 6
+    limit = top_target + (low0 - top_target) / LANDING
     worst = int(np.argmax(s))
     if s[worst] >= limit:
         raise CompileError(

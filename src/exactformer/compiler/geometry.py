@@ -1,4 +1,8 @@
-"""Helpers of the passes: close pairs, trapezoid gaps, generic draws (docs/design.md §4)."""
+"""Helpers of the passes: close pairs, trapezoid gaps, generic draws (docs/design.md §4).
+
+Also the generic broadcast that separates sequences by their means and refines their
+classes (:func:`broadcast_and_classify`), used by pass 2 (separate) and pass 3 (split).
+"""
 
 from __future__ import annotations
 
@@ -8,7 +12,17 @@ from fractions import Fraction
 import numpy as np
 
 from .. import numeric as nm
+from ..craft import broadcast
 from ..screen import pairs_above
+from ..tolerances import (
+    COPY,
+    DISTINCT,
+    GAP_CAP,
+    GOOD_GAP,
+    ISOLATION,
+    MIN_GAP,
+    PROJECTION_KEEP,
+)
 
 
 def close_pairs(points: np.ndarray, delta: float, rng: np.random.Generator) -> np.ndarray:
@@ -65,8 +79,6 @@ class Trapezoid:
     quality: float = 1.0  # gap / spread of all tokens along v (rounding above scales as 1/it)
 
 
-GOOD_GAP = 1e-6  # accept the first direction at once when gap ≥ this × spread
-MIN_GAP = 1e-8  # never accept less (distinct points are ≥ 1e-7 × scale apart, docs/design.md §4)
 KEEP_ROWS = 4096  # a trapezoid keeps its candidate rows for the simulation up to this many
 
 
@@ -97,7 +109,7 @@ def trapezoid_along(t: np.ndarray, mine: np.ndarray, v: np.ndarray,
     if spread is None:
         spread = float(max(hi, above.max() if len(above) else hi) -
                        min(lo, below.min() if len(below) else lo))
-    if float(g) < min_ratio * spread or float(hi - lo) * 20 > float(g):
+    if float(g) < min_ratio * spread or float(hi - lo) * ISOLATION > float(g):
         return None
     center = (lo + hi) / 2
     quality = float(g) / max(spread, 1e-300)
@@ -129,7 +141,7 @@ def first_choice(Z: np.ndarray, reference: np.ndarray, away: np.ndarray | None =
     V = np.atleast_2d(Z - reference)
     if away is not None and len(away) < V.shape[1] - 1:
         P = V - (V @ away.T) @ away
-        keep = np.linalg.norm(P, axis=1) > 1e-6 * np.linalg.norm(V, axis=1)
+        keep = np.linalg.norm(P, axis=1) > PROJECTION_KEEP * np.linalg.norm(V, axis=1)
         V = np.where(keep[:, None], P, V)
     norms = np.linalg.norm(V, axis=1)
     return V / np.where(norms > 0, norms, 1.0)[:, None], norms > 0
@@ -181,9 +193,6 @@ def choose_trapezoid(X: np.ndarray, mine: np.ndarray, rng: np.random.Generator,
 
     raise CompileError("could not isolate a point along any of "
                        f"{tries} directions (points too close?)")
-
-
-GAP_CAP = 1e-3  # screened trapezoids: gaps are capped at this × the spread bound
 
 
 class CandidateScreen:
@@ -282,3 +291,105 @@ def least_norm_point(A: np.ndarray, pi: np.ndarray) -> np.ndarray:
     sol = np.array([(d * pi[0] - b * pi[1]) / det, (a * pi[1] - c * pi[0]) / det],
                    dtype=A.dtype)
     return A.T @ sol
+
+
+def _components(n: int, rows, cols) -> np.ndarray:
+    """Connected components of the undirected graph on n nodes with edges (rows, cols)."""
+    if len(rows) == 0:  # no edges (typical: all means apart): skip importing scipy (~0.3 s)
+        return np.arange(n)
+    from scipy.sparse import coo_matrix  # imported here: keeps CLI start-up short
+    from scipy.sparse.csgraph import connected_components
+
+    graph = coo_matrix((np.ones(len(rows)), (rows, cols)), shape=(n, n))
+    return connected_components(graph, directed=False)[1]
+
+
+def _classes(st, means: np.ndarray, tol, rng) -> np.ndarray:
+    """Sequences sharing a value and (almost) the same mean form one class.
+
+    Classes only split: the old class is part of the key, so this refines ``st.cls``.
+    Graph nodes: the sequences, then one per (old class, mean cluster, value), numbered in
+    lexicographic order of that triple. The triple is packed into one int64 (the first two
+    are per sequence, ranked first), so the sort is 1-D: np.unique(axis=0) on the (T, 3)
+    triples took ~1.2 s at 10⁶ tokens.
+    """
+    N = st.n_sequences
+    if st.exact:
+        pairs = exact_duplicates(means)
+    else:
+        pairs = close_pairs(means, tol, rng)
+    clusters = _components(N, pairs[:, 0], pairs[:, 1])
+    per_seq = st.cls.astype(np.int64) * (int(clusters.max()) + 1) + clusters
+    per_seq = np.unique(per_seq, return_inverse=True)[1].ravel()  # rank of (cls, cluster) < N
+    key = per_seq[st.seq] * (int(st.value.max()) + 1) + st.value  # < N·T
+    _, node = np.unique(key, return_inverse=True)
+    node = node.ravel()
+    lo = np.full(node.max() + 1, N)
+    hi = np.full(node.max() + 1, -1)
+    np.minimum.at(lo, node, st.seq)
+    np.maximum.at(hi, node, st.seq)
+    if np.all(lo == hi):  # no value node shared by two sequences: every class is one sequence
+        return np.arange(N)
+    labels = _components(N + node.max() + 1, st.seq, N + node)
+    return np.unique(labels[:N], return_inverse=True)[1].ravel()
+
+
+def _merge(cls: np.ndarray, pairs: list[tuple[int, int]]) -> np.ndarray:
+    rows, cols = zip(*pairs) if pairs else ((), ())
+    labels = _components(cls.max() + 1, np.array(rows, dtype=np.int64),
+                         np.array(cols, dtype=np.int64))
+    return np.unique(labels[cls], return_inverse=True)[1].ravel()
+
+
+def broadcast_and_classify(builder, rng: np.random.Generator,
+                           tries: int = 8) -> None:
+    """Uniform attention ``V = c·M`` (fresh generic positive M), then refine the classes.
+
+    docs/design.md §4 step 1 uses a rank-one ``V = c·e·uᵀ``; then copies of one value in two
+    sequences end ``c·|⟨u, μ_A − μ_B⟩|·|e|`` apart, and over N sequences the smallest such
+    projection shrinks like 1/N² (seen: 1e-8 × scale at N = 1000 on data drawn from a small
+    vocabulary), below what a trapezoid can isolate. A generic positive M of full rank
+    (well conditioned: I plus a small positive matrix) separates them by ~c·|μ_A − μ_B|.
+
+    Check: distinct values must end ≥ 1e-7 × scale apart, else the draw was unlucky: redraw.
+    Copies of one value in different classes may come closer (nearly equal means): they stay
+    distinct points down to 1e-9 × scale; closer copies are merged into one class, and step 2
+    then separates them on purpose.
+    """
+    st = builder.state
+    d = st.d
+    counts = np.diff(st.segments)
+    for _ in range(tries):
+        M = generic_positive(rng, d * d, st.exact, low=0.0, high=0.5).reshape(d, d) / d
+        M = M + np.eye(d, dtype=M.dtype) * nm.like(1, st.exact)
+        means = np.add.reduceat(st.X, st.segments[:-1], axis=0) * nm.reciprocal_counts(
+            counts, st.exact)[:, None]
+        c = st.scale / max(nm.max_abs(means @ M.T), 1e-300)  # shifts of about one scale
+        c = Fraction(c).limit_denominator(1 << 20) if st.exact else c
+        layer = broadcast(c * M)
+        X_new = layer(st.X, st.segments)
+        scale = max(nm.max_abs(X_new), st.scale)
+        cls = _classes(st, means if st.exact else nm.to_float(means), COPY * scale, rng)
+        saved = st.cls
+        st.cls = cls
+        pid = st.point_ids()
+        st.cls = saved
+        _, first = representatives(pid)
+        if st.exact:
+            pairs = exact_duplicates(X_new[first])
+        else:
+            pairs = close_pairs(X_new[first], DISTINCT * scale, rng)
+        same_value = st.value[first[pairs[:, 0]]] == st.value[first[pairs[:, 1]]]
+        if np.all(same_value):
+            if len(pairs):  # copies that cannot be told apart: one point, split later
+                a, b = X_new[first[pairs[:, 0]]], X_new[first[pairs[:, 1]]]
+                gap = np.max(np.abs(nm.to_float(a - b)), axis=1)
+                seqs = st.seq[first[pairs[gap < COPY * scale]]]
+                cls = _merge(cls, [(cls[a], cls[b]) for a, b in seqs])
+            st.cls = cls
+            builder.add_sa(layer, "broadcast", X_new=X_new)
+            return
+    from ..errors import CompileError
+
+    raise CompileError(f"no generic broadcast separated the sequences in {tries} draws "
+                       "(distinct tokens closer than 1e-7 × scale?)")

@@ -9,7 +9,6 @@ destination: non-leaders score highest at their main leader, leaders at themselv
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from fractions import Fraction
 
 import numpy as np
@@ -18,8 +17,8 @@ from .. import numeric as nm
 from ..craft import collapse_layer, point_move
 from ..errors import CompileError
 from ..model import SelfAttention
+from ..tolerances import DRIFT, GOOD_GAP
 from .geometry import (
-    GOOD_GAP,
     CandidateScreen,
     choose_trapezoid,
     choose_trapezoids,
@@ -29,20 +28,7 @@ from .geometry import (
     spread_bound,
 )
 from .state import ModelBuilder
-from .validate import Analysis
-
-
-@dataclass
-class Destinations:
-    """Where every token goes in the collapse, by id."""
-
-    A: np.ndarray  # (2, d) the collapse's query/key map
-    token_dest: np.ndarray  # (T,) destination id of every token
-    target: np.ndarray  # (n_dest,) target id of each destination
-    pi: np.ndarray  # (n_dest, 2) destination in the plane (exact in exact mode)
-    point: np.ndarray  # (n_dest, d) destination in R^d
-    satellites: bool  # any satellite destinations (then the projection is not folded)
-    moves: list  # (point id, destination id) of every leader that moves
+from .types import Analysis, Destinations
 
 
 def _positive_plane(rng, d: int, exact: bool) -> np.ndarray:
@@ -142,9 +128,6 @@ def _outermost_points(st, pid: np.ndarray, classes: np.ndarray, first: np.ndarra
 
 
 MOVES_PER_SCREEN = 128  # strict mode: leaders whose candidates one screen finds
-# strict mode: a row that moved less than this × spread cannot reach a later trapezoid it
-# was screened out of (the screen's floor sits GAP_CAP/2 × spread below every trapezoid)
-DRIFT = 1e-6
 
 
 def place_leaders(builder: ModelBuilder, dest: Destinations, rng, compact: bool,

@@ -13,10 +13,9 @@ import numpy as np
 from .. import numeric as nm
 from ..craft import point_move
 from ..errors import CompileError
-from .geometry import choose_trapezoid, generic_positive
-from .separate import broadcast_and_classify
+from .geometry import broadcast_and_classify, choose_trapezoid, generic_positive
 from .state import ModelBuilder
-from .validate import Analysis
+from .types import Analysis
 
 
 def _distinguishing_value(st, analysis: Analysis, members: np.ndarray) -> int:

@@ -19,11 +19,9 @@ from .. import numeric as nm
 from ..errors import CompileError
 from ..forward import length_buckets
 from ..model import SelfAttention
-from .endgame import Line
-from .leaders import Destinations
+from ..tolerances import SOFTMAX_ACCEPT, SOFTMAX_EPS
 from .state import TokenState
-
-EPS_FRACTION = 1e-3  # ε as a fraction of the smallest line spacing
+from .types import Destinations, Line
 
 
 def line_coordinates(st: TokenState, dest: Destinations, line: Line, targets) -> tuple:
@@ -42,7 +40,7 @@ def line_coordinates(st: TokenState, dest: Destinations, line: Line, targets) ->
 def choose_temperature(st: TokenState, dest: Destinations, line: Line, targets) -> float:
     """The largest τ that the collapse bound allows (float; callers may shrink it)."""
     lam, lam_dest, spacing = line_coordinates(st, dest, line, targets)
-    eps = EPS_FRACTION * spacing
+    eps = SOFTMAX_EPS * spacing
     Pi = st.floats() @ nm.to_float(dest.A).T
     moved = np.zeros(len(lam), dtype=bool)
     pid = st.point_ids()
@@ -101,7 +99,8 @@ def softmax_collapse(st: TokenState, dest: Destinations, layer: SelfAttention, l
             lam = X_new @ w / float(w @ w)
         else:
             lam = alpha * (X_new @ v) + float(line.beta)
-        if np.max(np.abs(lam - lam_dest[dest.token_dest])) <= 10 * EPS_FRACTION * spacing:
+        miss = np.max(np.abs(lam - lam_dest[dest.token_dest]))
+        if miss <= SOFTMAX_ACCEPT * SOFTMAX_EPS * spacing:
             return tau, X_new
         tau /= 2
     raise CompileError("softmax: no temperature put every token within ε of its destination")

@@ -5,32 +5,13 @@ Fails early with one line naming the sequences and the rule, before any layer is
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import numpy as np
 
 from ..dataset import Dataset
 from ..errors import DatasetError, InfeasibleError
+from ..tolerances import DISTINCT
 from .geometry import close_pairs
-
-NEAR_TOL = 1e-7  # float mode: distinct input values must be this far apart (× scale)
-
-
-@dataclass
-class Analysis:
-    """What the construction needs to know about the data, by identity."""
-
-    segments: np.ndarray  # (N+1,) token offsets
-    seq: np.ndarray  # (T,) sequence of each token
-    value: np.ndarray  # (T,) original value id of each token
-    group: np.ndarray  # (N,) id of the sequence's empirical distribution
-    targets: np.ndarray  # (K, d) distinct target vectors
-    target_ids: list[np.ndarray]  # per sequence, (m_j,) ids into ``targets``
-    value_first: np.ndarray | None = None  # (V,) first token of each value id
-
-    def prefix_tokens(self, j: int) -> np.ndarray:
-        """Token indices of the first m_j tokens of sequence j (the read-out)."""
-        return self.segments[j] + np.arange(len(self.target_ids[j]))
+from .types import Analysis
 
 
 def _vec(x) -> str:
@@ -214,13 +195,13 @@ def check_float_separable(dataset: Dataset, a: Analysis) -> None:
     first = a.value_first
     if first is None:
         _, first = np.unique(a.value, return_index=True)
-    pairs = close_pairs(X[first], NEAR_TOL * dataset.scale, np.random.default_rng(0))
+    pairs = close_pairs(X[first], DISTINCT * dataset.scale, np.random.default_rng(0))
     if len(pairs):
         i, k = first[pairs[0]]
         gap = float(np.linalg.norm(X[i] - X[k])) / dataset.scale
         where = lambda t: f"token {t - a.segments[a.seq[t]]} of sequence {a.seq[t]}"  # noqa: E731
         raise DatasetError(
             f"{where(i)} and {where(k)} are distinct but only {gap:.2g} × scale apart "
-            f"(< {NEAR_TOL:g}): too close for a float64 construction; compile with --exact, "
+            f"(< {DISTINCT:g}): too close for a float64 construction; compile with --exact, "
             "or make them equal"
         )
