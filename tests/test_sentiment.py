@@ -124,28 +124,169 @@ def test_straight_through_forward_is_hardmax():
         assert torch.allclose(model(ids[:, :4]), model(ids)[:])
 
 
+def test_parse_seeds():
+    from exactformer.errors import ExactformerError
+
+    assert se.parse_seeds("0-4") == [0, 1, 2, 3, 4]
+    assert se.parse_seeds("3") == [3]
+    assert se.parse_seeds("0, 2,7") == [0, 2, 7]
+    assert se.parse_seeds("0-1,5") == [0, 1, 5]
+    for bad in ["", "a", "4-2", "1,1", "-1", "0-"]:
+        with pytest.raises(ExactformerError, match="--seeds"):
+            se.parse_seeds(bad)
+
+
+def test_summary_and_paired_interval():
+    s = se.summarize([0.7, 0.8, 0.9])
+    assert s["mean"] == pytest.approx(0.8) and s["std"] == pytest.approx(0.1)
+    assert se.summarize([0.5])["std"] is None
+    d = se.paired_difference([0.8, 0.9, 1.0], [0.7, 0.7, 0.7])
+    assert d["per_seed"] == pytest.approx([0.1, 0.2, 0.3])
+    # t(0.975, 2) = 4.3027; sd 0.1; half width 4.3027 * 0.1 / sqrt(3)
+    half = 4.302652729749464 * 0.1 / 3**0.5
+    assert d["interval"] == pytest.approx([0.2 - half, 0.2 + half])
+    assert se.paired_difference([0.8], [0.7])["interval"] is None
+
+
+def test_leader_rates_on_a_hand_made_case():
+    # 20 words: the two most polar (10 %) are "great" and "awful"
+    polarity = {f"w{k}": 0.01 * (k + 1) for k in range(18)} | {"great": 3.0, "awful": -2.5}
+    sentences = [["the", "great", "w1"], ["awful", "w2"], ["w3", "great"], ["w4", "zzz"]]
+    leaders = ["great", "awful", "w3", "zzz"]
+    predictions = [True, True, True, False]
+    r = se.leader_rates(leaders, sentences, predictions, polarity)
+    assert r["n_polar_words"] == 2 and r["n_sentences"] == 4
+    assert r["leader_in_top10"] == pytest.approx(2 / 4)
+    # great/True agrees, awful/True no, w3 (+)/True agrees, zzz unknown never agrees
+    assert r["prediction_agrees_with_leader"] == pytest.approx(2 / 4)
+    assert r["chance_in_top10"] == pytest.approx((1 / 3 + 1 / 2 + 1 / 2 + 0) / 4)
+    assert r["chance_agrees"] == pytest.approx((2 / 3 + 1 / 2 + 1 + 0) / 4)
+
+
+def test_main_leader_receives_the_most_attention():
+    s = se.quick_settings()
+    s.iterations = 1
+    # A = I: every token attends to the token with the largest projection on itself
+    A = np.eye(2)
+    Z = np.array([[1.0, 0.0], [3.0, 0.1], [0.9, 0.2], [0.0, 0.5]])
+    # token 1 wins the argmax of tokens 0, 1 and 2 (token 3 leads itself)
+    assert se.main_leader(Z, A, s) == 1
+    # all tokens their own leaders (orthogonal, equal received attention): the largest
+    # self-score wins the tie
+    Z = np.array([[1.0, 0.0], [0.0, 2.0]])
+    assert se.main_leader(Z, A, s) == 1
+    s.iterations = 2
+    assert se.main_leader(Z[::-1], A, s) == 0
+
+
+def test_unigram_initialisation_is_the_mean_pooled_bag_of_words():
+    torch = pytest.importorskip("torch")
+    rng = np.random.default_rng(0)
+    encoded = [rng.integers(1, 30, rng.integers(1, 9)).tolist() for _ in range(200)]
+    labels = np.array([int(sum(s) > 15 * len(s)) for s in encoded])
+    init = se.UnigramInit.fit(encoded, labels, np.arange(200), 30, 1e-4)
+    X = se.term_frequencies(encoded, 30)
+    assert np.allclose(X.sum(axis=1), 1.0)
+    for dim in [2, 16]:
+        s = se.quick_settings()
+        s.dim, s.alpha, s.iterations = dim, 1.0, 2
+        torch.manual_seed(0)
+        model = se.make_model(s, 30, init).double().eval()
+        # every word its own leader: the untrained model is the mean-pooled unigram model
+        logits = se._logits(model, encoded, "hardmax")
+        assert np.allclose(logits, X @ init.c + init.b, rtol=0, atol=1e-6)
+        E = model.embed.weight.detach().numpy()
+        assert np.allclose(np.linalg.norm(E[1:, 1:], axis=1), s.init_noise * (dim - 1) ** 0.5)
+    assert 0.5 < init.accuracy(encoded, labels, np.arange(200)) <= 1.0
+
+
+def test_search_picks_the_best_validation_epoch():
+    pytest.importorskip("torch")
+    rng = np.random.default_rng(1)
+    pos, neg, noise = [2, 3, 4], [5, 6, 7], list(range(8, 20))
+    encoded, labels = [], []
+    for i in range(300):
+        y = i % 2
+        encoded.append(rng.choice(noise, 3).tolist() + [int(rng.choice(pos if y else neg))])
+        labels.append(y)
+    labels = np.array(labels)
+    split = se.split_indices(300, 0)
+    init = se.UnigramInit.fit(encoded, labels, split.train, 20, 1e-4)
+    s = se.quick_settings()
+    s.epochs = 1
+    config, epochs, table = se.select_on_validation(s, {"alpha": (0.3, 1.0)}, 20, encoded,
+                                                    labels, split, init)
+    assert [row["config"] for row in table] == [{"alpha": 0.3}, {"alpha": 1.0}]
+    assert all(len(row["val_acc"]) == 2 for row in table)
+    best = max(max(row["val_acc"]) for row in table)
+    k = [row["config"] for row in table].index(config)
+    assert table[k]["val_acc"][epochs] == best
+
+
+def test_results_table_is_generated_from_the_results():
+    def col(values):
+        return se.summarize(values)
+
+    r = {"seeds": [0, 1], "model": col([0.78, 0.76]), "model_val": col([0.77, 0.75]),
+         "unigram": col([0.77, 0.75]), "bigram": col([0.76, 0.79]),
+         "unigram_mean_pooled": col([0.775, 0.755]),
+         "model_minus_unigram": se.paired_difference([0.78, 0.76], [0.77, 0.75]),
+         "leader_in_top10": col([0.6, 0.5]), "prediction_agrees_with_leader": col([0.8, 0.7]),
+         "chance": {"in_top10": 0.25, "agrees": 0.52}}
+    table = se.results_table(r)
+    lines = table.splitlines()
+    assert lines[0].startswith("| seed | model (test) |")
+    assert lines[2].startswith("| 0 | 0.780 | 0.770 | 0.770 | 0.760 | 0.775 | 0.010 | 0.600")
+    assert lines[4].startswith("| mean | 0.770 |")
+    assert "+0.0100" in table and "chance" in table.lower()
+
+
+@pytest.mark.slow
 def test_quick_run_through_the_cli(tmp_path):
     pytest.importorskip("torch")
+    from typer.testing import CliRunner
+
+    from exactformer.cli import app
+
     out = tmp_path / "sent"
-    res = subprocess.run(
-        ["exactformer", "experiment", "sentiment", "--quick", "--out", str(out)],
-        capture_output=True, text=True, timeout=300,
-    )
-    assert res.returncode == 0, res.stderr
+    res = CliRunner().invoke(app, ["experiment", "sentiment", "--quick", "--seeds", "0,1",
+                                   "--out", str(out)])
+    assert res.exit_code == 0, res.output
     r = json.loads((out / "results.json").read_text())
-    for key in ["test_acc", "baseline", "baseline_bigram", "train_seconds", "settings",
-                "training", "top_leaders", "history", "sizes"]:
-        assert key in r
-    assert 0.0 <= r["test_acc"] <= 1.0 and 0.5 < r["baseline"] <= 1.0
-    assert r["settings"]["quick"] and r["settings"]["attention"] == "hardmax"
-    assert "straight-through" in r["training"]
-    assert r["sizes"]["train"] + r["sizes"]["val"] + r["sizes"]["test"] == 2000
-    assert r["best_epoch"] == 1 + int(np.argmax([h["val_acc"] for h in r["history"]]))
+    assert r["seeds"] == [0, 1] and len(r["per_seed"]) == 2
+    for key in ["model", "unigram", "bigram", "unigram_mean_pooled", "leader_in_top10",
+                "prediction_agrees_with_leader"]:
+        assert len(r[key]["per_seed"]) == 2 and r[key]["std"] is not None
+    d = r["model_minus_unigram"]
+    assert d["interval"][0] <= d["mean"] <= d["interval"][1]
+    for e in r["per_seed"]:
+        assert 0.0 <= e["test_acc"] <= 1.0 and 0.5 < e["baseline"] <= 1.0
+        assert e["sizes"]["train"] + e["sizes"]["val"] + e["sizes"]["test"] == 2000
+        # the chosen configuration and epoch count are the validation maximum
+        row = next(t for t in e["search"] if t["config"] == {
+            k: v for k, v in e["chosen"].items() if k != "epochs"})
+        assert e["val_acc"] == row["val_acc"][e["chosen"]["epochs"]]
+        assert e["val_acc"] == max(max(t["val_acc"]) for t in e["search"])
+        assert 0.0 <= e["leaders"]["leader_in_top10"] <= 1.0
+    assert r["settings"]["quick"] and "straight-through" in r["training"]
     for name in ["sentences.html", "leaders_per_class.png", "embeddings_pca.png"]:
         assert (out / name).stat().st_size > 1000
     html = (out / "sentences.html").read_text(encoding="utf-8")
-    assert html.count("class='s'") >= 3 and "class='w L'" in html
-    assert "test accuracy" in res.stdout
+    assert html.count("class='s'") >= 3 and "class='w L'" in html and "★" in html
+    assert (out / "table.md").read_text(encoding="utf-8") == se.results_table(r)
+    assert "test accuracy" in res.output
+
+
+def test_bad_seeds_is_one_line_and_exit_2(tmp_path):
+    pytest.importorskip("torch")
+    from typer.testing import CliRunner
+
+    from exactformer.cli import app
+
+    res = CliRunner().invoke(app, ["experiment", "sentiment", "--quick", "--seeds", "3-1",
+                                   "--out", str(tmp_path / "x")])
+    assert res.exit_code == 2 and "--seeds" in res.output
+    assert not (tmp_path / "x").exists()
 
 
 def test_missing_torch_is_one_line_and_exit_2(tmp_path):

@@ -25,6 +25,7 @@ Everything that needs PyTorch imports it lazily, so ``import exactformer`` works
 from __future__ import annotations
 
 import json
+import os
 import re
 import time
 from collections import Counter
@@ -162,7 +163,8 @@ def logistic_baseline(
     grid: tuple[float, ...] = (1e-5, 3e-5, 1e-4, 3e-4, 1e-3, 3e-3, 1e-2),
 ) -> dict:
     """Bag-of-words logistic regression: L2 strength chosen on validation, then refitted on
-    the whole training split (train + validation) and scored once on the test split."""
+    the whole training split (train + validation) and scored once on the test split.
+    ``weights`` maps every term of the refitted model to its coefficient."""
     feats = [with_bigrams(t) for t in tokens] if bigrams else tokens
 
     def fit_eval(fit_idx, eval_idx, l2):
@@ -174,13 +176,13 @@ def logistic_baseline(
         theta = fit_logistic(X, labels[fit_idx], l2)
         Xe = bag_of_words([feats[i] for i in eval_idx], vocab)
         pred = (Xe @ theta[:-1] + theta[-1]) > 0
-        return float(np.mean(pred == labels[eval_idx]))
+        return float(np.mean(pred == labels[eval_idx])), dict(zip(vocab, theta[:-1].tolist()))
 
-    val_acc = {l2: fit_eval(split.train, split.val, l2) for l2 in grid}
+    val_acc = {l2: fit_eval(split.train, split.val, l2)[0] for l2 in grid}
     best = max(grid, key=lambda l2: (val_acc[l2], l2))
-    full = np.r_[split.train, split.val]
-    return {"test_acc": fit_eval(full, split.test, best), "l2": best,
-            "val_acc": {repr(k): v for k, v in val_acc.items()}}
+    test_acc, weights = fit_eval(np.r_[split.train, split.val], split.test, best)
+    return {"test_acc": test_acc, "l2": best,
+            "val_acc": {repr(k): v for k, v in val_acc.items()}, "weights": weights}
 
 
 # -------------------------------------------------------------------------- model
@@ -188,30 +190,47 @@ def logistic_baseline(
 
 @dataclass
 class Settings:
-    """Everything that defines a run (stored in results.json)."""
+    """Everything that defines a run (stored in results.json). The fields named in
+    :data:`SEARCH` are the defaults that the validation search overrides."""
 
     seed: int = 0
     quick: bool = False
     attention: str = "hardmax"  # hardmax (trained straight-through) or softmax
-    dim: int = 64
-    rank: int = 64  # rows of B, A = BᵀB
+    dim: int = 32  # width d of the embedding; B is d×d, A = BᵀB
     iterations: int = 2  # K: the shared layer is applied K times
-    alpha: float = 1.0
+    alpha: float = 1.0  # z ← (z + α·attention(z)) / (1 + α): the residual keeps 1/(1+α)
     temperature: float = 1.0  # softmax temperature (also the straight-through surrogate)
-    epochs: int = 12
+    weight_decay: float = 0.0  # L2 on the embedding
+    epochs: int = 4  # most epochs tried; 0 epochs = the unigram initialisation itself
     batch_size: int = 64
     lr: float = 2e-3
-    weight_decay: float = 0.0
-    dropout: float = 0.5  # on embeddings
+    dropout: float = 0.0  # on embeddings
     word_dropout: float = 0.1  # drop whole tokens during training
     min_count: int = 1
+    init: str = "unigram"  # unigram (polarity axis from the mean-pooled unigram LR) or random
+    init_noise: float = 0.3  # std of the other embedding coordinates under unigram init
     subset: int | None = None  # use only this many sentences (quick mode)
     threads: int = 1  # small matrices: a second thread barely helps, and spins under load
 
 
+#: Hyper-parameters chosen on the validation part (every combination, every epoch count
+#: from 0 to ``Settings.epochs``); nothing is chosen on the test split.
+SEARCH = {"dim": (16, 32), "iterations": (1, 2), "alpha": (0.3, 1.0),
+          "temperature": (0.3, 1.0), "weight_decay": (0.0, 1e-4)}
+QUICK_SEARCH = {"iterations": (1, 2)}
+
+
 def quick_settings(seed: int = 0) -> Settings:
-    return Settings(seed=seed, quick=True, dim=32, rank=32, epochs=10, lr=5e-3,
-                    subset=2000, threads=1)
+    return Settings(seed=seed, quick=True, dim=16, epochs=2, subset=2000)
+
+
+def search_configs(grid: dict) -> list[dict]:
+    """Every combination of the grid, in a fixed order (the tie-break of the search)."""
+    import itertools
+
+    keys = list(grid)
+    return [dict(zip(keys, values, strict=True))
+            for values in itertools.product(*(grid[k] for k in keys))]
 
 
 def require_torch():
@@ -225,8 +244,58 @@ def require_torch():
     return torch
 
 
-def make_model(settings: Settings, vocab_size: int):
-    """The classifier as a ``torch.nn.Module`` (class defined here so torch stays lazy)."""
+def term_frequencies(encoded: list[list[int]], n_words: int):
+    """Sparse ``(sentences, n_words)`` matrix of count / length: the mean of one-hot words,
+    i.e. what mean pooling sees of a sentence when the embedding is one-dimensional."""
+    from scipy.sparse import csr_matrix
+
+    rows = [r for r, s in enumerate(encoded) for _ in s]
+    cols = [t for s in encoded for t in s]
+    data = [1.0 / len(s) for s in encoded for _ in s]
+    return csr_matrix((data, (rows, cols)), shape=(len(encoded), n_words))
+
+
+@dataclass
+class UnigramInit:
+    """Mean-pooled unigram logistic regression: ``logit = mean_i c[word_i] + b``.
+
+    It is the classifier with one embedding coordinate and no attention (α = 0), so it is
+    where training starts: the embedding's coordinate 0 is ``c``, the read-out is that
+    coordinate, the bias ``b``.
+    """
+
+    c: np.ndarray
+    b: float
+    l2: float
+
+    @classmethod
+    def fit(cls, encoded, labels, idx, n_words: int, l2: float) -> UnigramInit:
+        theta = fit_logistic(term_frequencies([encoded[i] for i in idx], n_words),
+                             labels[idx], l2)
+        c = theta[:-1].copy()
+        c[PAD] = 0.0
+        return cls(c=c, b=float(theta[-1]), l2=l2)
+
+    def accuracy(self, encoded, labels, idx) -> float:
+        X = term_frequencies([encoded[i] for i in idx], len(self.c))
+        return float(np.mean(((X @ self.c + self.b) > 0) == labels[idx]))
+
+
+UNIGRAM_L2_GRID = (1e-7, 3e-7, 1e-6, 3e-6, 1e-5)
+
+
+def make_model(settings: Settings, vocab_size: int, init: UnigramInit | None = None):
+    """The classifier as a ``torch.nn.Module`` (class defined here so torch stays lazy).
+
+    With ``init``: coordinate 0 of every word's embedding is its mean-pooled unigram
+    coefficient, the other coordinates a random point of a sphere, the read-out is
+    coordinate 0 and ``B`` projects coordinate 0 away. Scores then compare words on the
+    sphere only, where every word strictly wins its own argmax (Cauchy–Schwarz; copies of a
+    word tie with each other, and they are the same point): every word is its own leader,
+    hardmax attention leaves the sentence unchanged and the untrained model *is* the
+    mean-pooled unigram classifier. Training moves away from it only as far as the number
+    of epochs chosen on validation (0 included) lets it.
+    """
     torch = require_torch()
     nn = torch.nn
 
@@ -237,11 +306,22 @@ def make_model(settings: Settings, vocab_size: int):
             super().__init__()
             s = settings
             self.embed = nn.Embedding(vocab_size, s.dim, padding_idx=PAD)
-            self.B = nn.Linear(s.dim, s.rank, bias=False)
+            self.B = nn.Linear(s.dim, s.dim, bias=False)
             self.out = nn.Linear(s.dim, 1)
             self.drop = nn.Dropout(s.dropout)
-            nn.init.normal_(self.embed.weight, std=1.0 / s.dim**0.5)
             with torch.no_grad():
+                if init is None:
+                    nn.init.normal_(self.embed.weight, std=1.0 / s.dim**0.5)
+                else:  # other coordinates: a sphere of radius init_noise·√(d−1)
+                    noise = torch.randn(vocab_size, s.dim - 1)
+                    noise *= s.init_noise * (s.dim - 1) ** 0.5 / noise.norm(dim=1, keepdim=True)
+                    self.embed.weight[:, 1:] = noise
+                    self.embed.weight[:, 0] = torch.from_numpy(init.c)
+                    self.B.weight.copy_(torch.eye(s.dim))
+                    self.B.weight[0, 0] = 0.0
+                    self.out.weight.zero_()
+                    self.out.weight[0, 0] = 1.0
+                    self.out.bias.fill_(init.b)
                 self.embed.weight[PAD].zero_()
 
         def attention(self, z, pad, mode):
@@ -283,48 +363,74 @@ def _pad(batch: list[list[int]]) -> np.ndarray:
     return out
 
 
-def _accuracy(model, encoded, labels, mode, batch_size=512) -> float:
+def _length_batches(lengths: np.ndarray, batch_size: int, rng) -> list[np.ndarray]:
+    """Shuffled batches of positions whose sentences have similar lengths (little padding):
+    shuffle, sort within windows of 20 batches, cut, shuffle the batches."""
+    order = rng.permutation(len(lengths))
+    window = 20 * batch_size
+    batches = []
+    for start in range(0, len(order), window):
+        chunk = order[start : start + window]
+        chunk = chunk[np.argsort(lengths[chunk], kind="stable")]
+        batches += [chunk[i : i + batch_size] for i in range(0, len(chunk), batch_size)]
+    return [batches[k] for k in rng.permutation(len(batches))]
+
+
+def _logits(model, encoded, mode, batch_size=512) -> np.ndarray:
     torch = require_torch()
     model.eval()
-    correct = 0
+    order = np.argsort([len(s) for s in encoded], kind="stable")
+    out = np.zeros(len(encoded))
     with torch.no_grad():
-        for start in range(0, len(encoded), batch_size):
-            ids = torch.from_numpy(_pad(encoded[start : start + batch_size]))
-            pred = (model(ids, mode=mode) > 0).numpy()
-            correct += int((pred == labels[start : start + batch_size]).sum())
-    return correct / max(1, len(encoded))
+        for start in range(0, len(order), batch_size):
+            idx = order[start : start + batch_size]
+            ids = torch.from_numpy(_pad([encoded[i] for i in idx]))
+            out[idx] = model(ids, mode=mode).double().numpy()
+    return out
 
 
-def train_model(settings, vocab, encoded, labels, split, progress=None) -> tuple:
-    """Train with Adam, keep the epoch with the best validation accuracy (evaluated in the
-    mode that will be reported). Returns ``(model, history, seconds)``."""
+def _accuracy(model, encoded, labels, mode) -> float:
+    return float(np.mean((_logits(model, encoded, mode) > 0) == labels)) if encoded else 0.0
+
+
+def train_model(settings, n_words, encoded, labels, fit_idx, init=None, val_idx=None,
+                on_epoch=None) -> tuple:
+    """Train with Adam for ``settings.epochs`` epochs on ``fit_idx``. With ``val_idx`` the
+    validation accuracy (in the mode that will be reported) is recorded before training
+    and after every epoch. Returns ``(model, history)``."""
     torch = require_torch()
     torch.manual_seed(settings.seed)
     torch.set_num_threads(settings.threads)
     rng = np.random.default_rng(settings.seed)
-    model = make_model(settings, len(vocab))
-    opt = torch.optim.Adam(model.parameters(), lr=settings.lr,
-                           weight_decay=settings.weight_decay)
+    model = make_model(settings, n_words, init)
+    opt = torch.optim.Adam([
+        {"params": [model.embed.weight], "weight_decay": settings.weight_decay},
+        {"params": [model.B.weight, model.out.weight, model.out.bias], "weight_decay": 0.0},
+    ], lr=settings.lr)
     loss_fn = torch.nn.BCEWithLogitsLoss()
     train_mode = "straight-through" if settings.attention == "hardmax" else "softmax"
-    eval_mode = settings.attention
-    tr = [encoded[i] for i in split.train]
-    y_tr = labels[split.train].astype(np.float32)
-    va = [encoded[i] for i in split.val]
-    best, best_state, history = -1.0, None, []
-    t0 = time.perf_counter()
-    n_batches = -(-len(tr) // settings.batch_size)
-    task = progress.add_task("training", total=settings.epochs * n_batches) if progress else None
+    tr = [encoded[i] for i in fit_idx]
+    y_tr = labels[fit_idx].astype(np.float32)
+    lengths = np.array([len(s) for s in tr])
+    va = [encoded[i] for i in val_idx] if val_idx is not None else None
+
+    def record(epoch, loss):
+        entry = {"epoch": epoch, "loss": loss}
+        if va is not None:
+            entry["val_acc"] = _accuracy(model, va, labels[val_idx], settings.attention)
+        history.append(entry)
+
+    history: list[dict] = []
+    record(0, None)
     for epoch in range(settings.epochs):
         model.train()
-        order = rng.permutation(len(tr))
         total = 0.0
-        for start in range(0, len(tr), settings.batch_size):
-            idx = order[start : start + settings.batch_size]
+        for idx in _length_batches(lengths, settings.batch_size, rng):
             batch = []
             for i in idx:  # word dropout: remove whole tokens, keep at least one
                 s = tr[i]
-                keep = [t for t in s if rng.random() >= settings.word_dropout]
+                keep = [t for t, r in zip(s, rng.random(len(s)), strict=True)
+                        if r >= settings.word_dropout]
                 batch.append(keep or s[:1])
             ids = torch.from_numpy(_pad(batch))
             loss = loss_fn(model(ids, mode=train_mode), torch.from_numpy(y_tr[idx]))
@@ -332,17 +438,31 @@ def train_model(settings, vocab, encoded, labels, split, progress=None) -> tuple
             loss.backward()
             opt.step()
             total += float(loss.detach()) * len(idx)
-            if progress:
-                progress.advance(task)
-        val_acc = _accuracy(model, va, labels[split.val], eval_mode)
-        history.append({"epoch": epoch + 1, "loss": total / len(tr), "val_acc": val_acc})
-        if val_acc > best:
-            best = val_acc
-            best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
-    seconds = time.perf_counter() - t0
-    model.load_state_dict(best_state)
+        record(epoch + 1, total / max(1, len(tr)))
+        if on_epoch:
+            on_epoch()
     model.eval()
-    return model, history, seconds
+    return model, history
+
+
+def select_on_validation(settings, grid, n_words, encoded, labels, split, init,
+                         on_epoch=None) -> tuple[dict, int, list]:
+    """Train every configuration of ``grid`` on the training part and pick the
+    (configuration, epoch count) with the best validation accuracy; ties go to fewer
+    epochs, then to the earlier configuration. Returns ``(config, epochs, table)``."""
+    from dataclasses import replace
+
+    table, best = [], None
+    for k, config in enumerate(search_configs(grid)):
+        _, history = train_model(replace(settings, **config), n_words, encoded, labels,
+                                 split.train, init, split.val, on_epoch)
+        accs = [h["val_acc"] for h in history]
+        table.append({"config": config, "val_acc": accs})
+        for epochs, acc in enumerate(accs):
+            key = (acc, -epochs, -k)
+            if best is None or key > best[0]:
+                best = (key, config, epochs)
+    return best[1], best[2], table
 
 
 # ------------------------------------------------------------------ interpretation
@@ -355,7 +475,8 @@ class SentenceReading:
     ``leader[i]`` — word ``i`` is a leader (wins its own argmax, so it never moves);
     ``cluster_of[i]`` — index of the leader word that word ``i`` converges to when the layer
     is iterated to convergence (``-1``: held at a tie); ``contribution[i]`` — the word's share
-    of the logit after the model's ``K`` layers, ``⟨w, z_i^K⟩ / n``.
+    of the logit after the model's ``K`` layers, ``⟨w, z_i^K⟩ / n``; ``main_leader`` — the
+    word that receives the most attention (:func:`main_leader`).
     """
 
     words: list[str]
@@ -364,6 +485,7 @@ class SentenceReading:
     contribution: list[float]
     logit: float
     label: int
+    main_leader: int
 
 
 def read_sentence(words, ids, label, E, A, w, b, settings) -> SentenceReading:
@@ -389,7 +511,53 @@ def read_sentence(words, ids, label, E, A, w, b, settings) -> SentenceReading:
         contribution=contrib.tolist(),
         logit=float(contrib.sum() + b),
         label=int(label),
+        main_leader=main_leader(Z0, A, settings),
     )
+
+
+def main_leader(Z0: np.ndarray, A: np.ndarray, settings: Settings) -> int:
+    """The token that receives the most attention: largest column sum of the attention
+    matrices of the model's ``K`` applications. Ties (e.g. every word its own leader) go
+    to the largest self-score ``⟨A z_j, z_j⟩`` of the embedded word, then to the first."""
+    from ..dynamics import attention_weights, step
+
+    Z, received = Z0, np.zeros(len(Z0))
+    for _ in range(settings.iterations):
+        received += attention_weights(Z, A, settings.attention, settings.temperature).sum(0)
+        Z = step(Z, A, settings.alpha, settings.attention, settings.temperature)
+    top = np.flatnonzero(received >= received.max() - 1e-9 * settings.iterations * len(Z0))
+    self_score = np.einsum("id,de,ie->i", Z0[top], A, Z0[top])
+    return int(top[np.argmax(self_score)])
+
+
+def leader_rates(leaders: list[str], sentences: list[list[str]], predictions: list[bool],
+                 polarity: dict[str, float], top_frac: float = 0.1) -> dict:
+    """How the main leaders relate to the unigram model's word polarities.
+
+    ``polarity`` maps words to unigram logistic-regression coefficients; the top
+    ``top_frac`` of its words by ``|coefficient|`` are the *polar* words. Returns the rate
+    of sentences whose main leader is polar, the rate whose prediction (True = positive)
+    has the sign of the leader's coefficient (a word unknown to the unigram model has
+    coefficient 0 and never agrees), and both rates for a uniformly random token of the
+    sentence instead of the leader (chance levels)."""
+    ranked = sorted(polarity, key=lambda wd: (-abs(polarity[wd]), wd))
+    polar = set(ranked[: int(np.ceil(top_frac * len(ranked)))])
+
+    def agrees(word, positive):
+        return np.sign(polarity.get(word, 0.0)) == (1 if positive else -1)
+
+    return {
+        "leader_in_top10": float(np.mean([wd in polar for wd in leaders])),
+        "prediction_agrees_with_leader": float(np.mean(
+            [agrees(wd, p) for wd, p in zip(leaders, predictions, strict=True)])),
+        "chance_in_top10": float(np.mean([np.mean([wd in polar for wd in s])
+                                          for s in sentences])),
+        "chance_agrees": float(np.mean([np.mean([agrees(wd, p) for wd in s])
+                                        for s, p in zip(sentences, predictions, strict=True)])),
+        "top_frac": top_frac,
+        "n_polar_words": len(polar),
+        "n_sentences": len(leaders),
+    }
 
 
 def _html_page(readings: list[SentenceReading]) -> str:
@@ -406,7 +574,8 @@ def _html_page(readings: list[SentenceReading]) -> str:
         "<h1>Leaders and clusters in test sentences</h1>",
         "<p>Each word is underlined in the colour of its cluster; <b>boxed bold</b> words are"
         " leaders (they win their own argmax and never move); the subscript names the leader a"
-        " word converges to. Background: the word's share of the logit after the model's"
+        " word converges to; ★ marks the main leader (the word receiving the most attention)."
+        " Background: the word's share of the logit after the model's"
         " layers (green = positive, red = negative).</p>",
     ]
     for r in readings:
@@ -420,13 +589,20 @@ def _html_page(readings: list[SentenceReading]) -> str:
             bg = f"rgba(0,160,0,{0.45 * x:.2f})" if x > 0 else f"rgba(220,0,0,{-0.45 * x:.2f})"
             sub = "" if r.leader[i] or c < 0 else f"<sub>→{html.escape(r.words[c])}</sub>"
             cls = "w L" if r.leader[i] else "w"
+            star = "<sup>★</sup>" if i == r.main_leader else ""
             spans.append(f"<span class='{cls}' style='background:{bg};border-color:"
-                         f"{colour.get(c, '#000')}'>{html.escape(word)}</span>{sub}")
+                         f"{colour.get(c, '#000')}'>{html.escape(word)}</span>{star}{sub}")
         verdict = "positive" if r.logit > 0 else "negative"
         truth = "positive" if r.label else "negative"
         parts.append(f"<div class='s'>{' '.join(spans)}<br><small>predicted {verdict}"
                      f" (logit {r.logit:+.2f}), true {truth}</small></div>")
     return "\n".join(parts)
+
+
+def _save_figure(fig, path: Path) -> None:
+    from ..dataset import write_atomic
+
+    write_atomic(path, lambda tmp: fig.savefig(tmp, dpi=110))
 
 
 def _plots(out: Path, vocab, E, w, top_leaders, train_counts):
@@ -444,7 +620,7 @@ def _plots(out: Path, vocab, E, w, top_leaders, train_counts):
         ax.set_title(f"leaders in test sentences predicted {cls}")
         ax.set_xlabel("sentences where the word is a leader\n(words that lead ≥ 50 % of the time)")
     fig.tight_layout()
-    fig.savefig(out / "leaders_per_class.png", dpi=110)
+    _save_figure(fig, out / "leaders_per_class.png")
     plt.close(fig)
 
     # PCA of the embeddings of frequent words, leaders highlighted
@@ -467,65 +643,191 @@ def _plots(out: Path, vocab, E, w, top_leaders, train_counts):
     fig.colorbar(sc, label="read-out ⟨w, e(word)⟩ (green: positive)")
     ax.set_title("word embeddings (PCA, words seen ≥ 20 times); circled: frequent leaders")
     fig.tight_layout()
-    fig.savefig(out / "embeddings_pca.png", dpi=110)
+    _save_figure(fig, out / "embeddings_pca.png")
     plt.close(fig)
 
 
 # ---------------------------------------------------------------------------- run
 
 
-def run(out: Path, settings: Settings, progress=None, n_examples: int = 8) -> dict:
-    """Train, evaluate, write ``results.json`` and the interpretability outputs into ``out``."""
-    torch = require_torch()
-    t_start = time.perf_counter()
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    texts, labels = load_corpus()
+def parse_seeds(text: str) -> list[int]:
+    """``"0-4"`` → ``[0, 1, 2, 3, 4]``; ``"0,2,7"`` → ``[0, 2, 7]``; ranges and lists mix
+    (``"0-2,9"``). Seeds are non-negative, distinct, kept in the given order."""
+    seeds: list[int] = []
+    for part in text.replace(" ", "").split(","):
+        m = re.fullmatch(r"(\d+)(?:-(\d+))?", part)
+        if not m:
+            raise ExactformerError(
+                f"--seeds: expected a list like 0,1,2 or a range like 0-4, got {text!r}")
+        lo, hi = int(m[1]), int(m[2] if m[2] is not None else m[1])
+        if hi < lo:
+            raise ExactformerError(f"--seeds: empty range {part!r}")
+        seeds += range(lo, hi + 1)
+    if len(set(seeds)) != len(seeds):
+        raise ExactformerError(f"--seeds: a seed is repeated in {text!r}")
+    return seeds
+
+
+def summarize(values) -> dict:
+    """Per-seed values with their mean and sample standard deviation (None for one seed)."""
+    v = np.asarray(values, dtype=float)
+    return {"per_seed": v.tolist(), "mean": float(v.mean()),
+            "std": float(v.std(ddof=1)) if len(v) > 1 else None}
+
+
+def paired_difference(a, b, level: float = 0.95) -> dict:
+    """``a − b`` seed by seed (both measured on the same split), its mean, standard
+    deviation and the Student-t interval of the mean (None for one seed)."""
+    from scipy.stats import t
+
+    d = np.asarray(a, dtype=float) - np.asarray(b, dtype=float)
+    out = summarize(d)
+    if len(d) > 1:
+        half = t.ppf(0.5 + level / 2, len(d) - 1) * out["std"] / np.sqrt(len(d))
+        out["interval"] = [out["mean"] - half, out["mean"] + half]
+    else:
+        out["interval"] = None
+    out["level"] = level
+    return out
+
+
+def results_table(results: dict) -> str:
+    """The README's markdown table, generated from ``results.json``."""
+    seeds = results["seeds"]
+    cols = [("model (test)", results["model"]), ("validation", results["model_val"]),
+            ("unigram LR", results["unigram"]), ("uni+bigram LR", results["bigram"]),
+            ("attention off", results["unigram_mean_pooled"]),
+            ("model − unigram", results["model_minus_unigram"]),
+            ("leader in top 10 %", results["leader_in_top10"]),
+            ("agrees with leader", results["prediction_agrees_with_leader"])]
+
+    def fmt(x):
+        return "—" if x is None else f"{x:.3f}"
+
+    lines = ["| seed | " + " | ".join(c for c, _ in cols) + " |",
+             "|---" * (len(cols) + 1) + "|"]
+    for k, seed in enumerate(seeds):
+        lines.append(f"| {seed} | " + " | ".join(fmt(v["per_seed"][k]) for _, v in cols) + " |")
+    lines.append("| mean | " + " | ".join(fmt(v["mean"]) for _, v in cols) + " |")
+    lines.append("| std | " + " | ".join(fmt(v["std"]) for _, v in cols) + " |")
+    d = results["model_minus_unigram"]
+    if d["interval"] is not None:
+        lo, hi = d["interval"]
+        lines.append("")
+        lines.append(f"Paired difference model − unigram LR: {d['mean']:+.4f}, "
+                     f"{100 * d['level']:.0f} % interval [{lo:+.4f}, {hi:+.4f}] "
+                     f"(Student t over {len(seeds)} seeds).")
+    chance = results["chance"]
+    lines.append("")
+    lines.append(f"Chance levels (a random token of the sentence instead of its main leader): "
+                 f"in top 10 % {chance['in_top10']:.3f}, agrees {chance['agrees']:.3f}.")
+    return "\n".join(lines) + "\n"
+
+
+def _write_text(path: Path, text: str) -> None:
+    from ..dataset import write_atomic
+
+    write_atomic(path, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
+
+
+def run_seed(settings: Settings, texts, labels, grid: dict, on_epoch=None) -> tuple:
+    """One seed: baselines, validation search, refit on train + validation, test once.
+    Returns ``(entry for results.json, artefacts for the pictures)``."""
+    from dataclasses import replace
+
+    cpu0, wall0 = time.process_time(), time.perf_counter()
     if settings.subset is not None and settings.subset < len(texts):
         keep = np.sort(np.random.default_rng(settings.seed).permutation(len(texts))[
             : settings.subset])
         texts, labels = [texts[i] for i in keep], labels[keep]
     tokens = [tokenize(t) for t in texts]
     split = split_indices(len(texts), settings.seed)
+    full = np.r_[split.train, split.val]
+
+    # quick mode checks the pipeline: one regularisation strength, no selection
+    lr_grid = (1e-3,) if settings.quick else (3e-5, 1e-4, 3e-4, 1e-3, 3e-3)
+    base = logistic_baseline(tokens, labels, split, grid=lr_grid)
+    base2 = logistic_baseline(tokens, labels, split, bigrams=True, grid=lr_grid)
+    polarity = base.pop("weights")
+    base2.pop("weights")
+
+    # selection on validation: vocabulary and initialisation from the training part only
     vocab = Vocabulary.build([tokens[i] for i in split.train], settings.min_count)
     encoded = [vocab.encode(t) for t in tokens]
+    l2_val = {l2: UnigramInit.fit(encoded, labels, split.train, len(vocab), l2)
+              .accuracy(encoded, labels, split.val) for l2 in UNIGRAM_L2_GRID}
+    l2 = max(UNIGRAM_L2_GRID, key=lambda x: (l2_val[x], x))
+    init = UnigramInit.fit(encoded, labels, split.train, len(vocab), l2)
+    if settings.init == "random":
+        init = None
+    config, epochs, table = select_on_validation(settings, grid, len(vocab), encoded, labels,
+                                                 split, init, on_epoch)
+    chosen = replace(settings, **config, epochs=epochs)
 
-    t0 = time.perf_counter()
-    # quick mode checks the pipeline: one regularisation strength, no selection
-    grid = (1e-3,) if settings.quick else (3e-5, 1e-4, 3e-4, 1e-3, 3e-3)
-    base = logistic_baseline(tokens, labels, split, grid=grid)
-    base2 = logistic_baseline(tokens, labels, split, bigrams=True, grid=grid)
-    baseline_seconds = time.perf_counter() - t0
-
-    model, history, train_seconds = train_model(settings, vocab, encoded, labels, split,
-                                                progress)
+    # refit on train + validation (as the baselines do), evaluate the test split once
+    vocab = Vocabulary.build([tokens[i] for i in full], settings.min_count)
+    encoded = [vocab.encode(t) for t in tokens]
+    init_full = UnigramInit.fit(encoded, labels, full, len(vocab), l2)
+    model, history = train_model(chosen, len(vocab), encoded, labels, full,
+                                 None if settings.init == "random" else init_full,
+                                 on_epoch=on_epoch)
     te = [encoded[i] for i in split.test]
-    test_acc = _accuracy(model, te, labels[split.test], settings.attention)
-    other = "softmax" if settings.attention == "hardmax" else "hardmax"
-    test_acc_other = _accuracy(model, te, labels[split.test], other)
+    logits = _logits(model, te, chosen.attention)
+    pred = logits > 0
+    other = "softmax" if chosen.attention == "hardmax" else "hardmax"
 
-    # interpretation in numpy with the exact hardmax dynamics of the trained layer
+    E, A, w, b = model_arrays(model)
+    leaders = [tokens[i][main_leader(E[encoded[i]], A, chosen)] for i in split.test]
+    rates = leader_rates(leaders, [tokens[i] for i in split.test], pred.tolist(), polarity)
+    entry = {
+        "seed": settings.seed,
+        "test_acc": float(np.mean(pred == labels[split.test])),
+        "test_acc_other_attention": {
+            other: _accuracy(model, te, labels[split.test], other)},
+        "val_acc": table[[r["config"] for r in table].index(config)]["val_acc"][epochs],
+        "chosen": {**config, "epochs": epochs},
+        "baseline": base["test_acc"],
+        "baseline_bigram": base2["test_acc"],
+        "unigram_mean_pooled": {"test_acc": init_full.accuracy(encoded, labels, split.test),
+                                "l2": l2, "val_acc": {repr(k): v for k, v in l2_val.items()}},
+        "leaders": rates,
+        "sizes": {"train": len(split.train), "val": len(split.val),
+                  "test": len(split.test), "vocab": len(vocab)},
+        "baseline_details": {"unigram": base, "bigram": base2},
+        "search": table,
+        "refit_history": history,
+        "cpu_seconds": time.process_time() - cpu0,
+        "wall_seconds": time.perf_counter() - wall0,
+    }
+    return entry, (model, chosen, vocab, tokens, encoded, labels, split)
+
+
+def model_arrays(model) -> tuple:
+    """``(E, A, w, b)`` of a trained model in float64 numpy (``A = BᵀB``)."""
     E = model.embed.weight.detach().double().numpy()
     Bm = model.B.weight.detach().double().numpy()
-    A = Bm.T @ Bm
     w = model.out.weight.detach().double().numpy()[0]
-    b = float(model.out.bias.detach())
+    return E, Bm.T @ Bm, w, float(model.out.bias.detach())
+
+
+def write_readings(out: Path, artefacts, n_examples: int = 8) -> dict:
+    """The HTML page of leaders and clusters, the per-class leader words and the PCA
+    picture, for one trained model (exact hardmax dynamics in numpy)."""
+    model, settings, vocab, tokens, encoded, labels, split = artefacts
+    E, A, w, b = model_arrays(model)
     readings = []
     leader_counts = {"negative": Counter(), "positive": Counter()}
     occurrences = {"negative": Counter(), "positive": Counter()}
     for j, i in enumerate(split.test):
         ids = encoded[i]
-        if not ids:
-            continue
-        r = read_sentence([vocab.itos[t] if t != UNK else tokens[i][k]
-                           for k, t in enumerate(ids)], ids, labels[i], E, A, w, b, settings)
+        r = read_sentence(tokens[i], ids, labels[i], E, A, w, b, settings)
         cls = "positive" if r.logit > 0 else "negative"
         leader_counts[cls].update({r.words[k] for k in range(len(ids)) if r.leader[k]})
         occurrences[cls].update(set(r.words))
         if j < n_examples or (len(readings) < n_examples and 6 <= len(ids) <= 25):
             readings.append(r)
     readings = [r for r in readings if 4 <= len(r.words) <= 30][:n_examples] or readings[:1]
-    (out / "sentences.html").write_text(_html_page(readings), encoding="utf-8")
+    _write_text(out / "sentences.html", _html_page(readings))
     # words that usually lead when they occur, ranked by how often they lead
     top = {
         cls: [
@@ -537,27 +839,72 @@ def run(out: Path, settings: Settings, progress=None, n_examples: int = 8) -> di
         for cls in leader_counts
     }
     _plots(out, vocab, E, w, top, vocab.counts)
+    return {cls: top[cls][:15] for cls in top}
 
+
+def run(out: Path, settings: Settings, seeds: list[int] | None = None, progress=None,
+        grid: dict | None = None) -> dict:
+    """Every seed: train, select on validation, evaluate; write ``results.json``,
+    ``table.md`` and (for the first seed) the interpretability outputs into ``out``."""
+    from dataclasses import replace
+
+    torch = require_torch()
+    seeds = [settings.seed] if seeds is None else list(seeds)
+    grid = (QUICK_SEARCH if settings.quick else SEARCH) if grid is None else grid
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    cpu0, wall0 = time.process_time(), time.perf_counter()
+    load_before = _loadavg()
+    texts, labels = load_corpus()
+    n_trainings = len(search_configs(grid)) * settings.epochs + max(settings.epochs, 1)
+    task = progress.add_task("training", total=len(seeds) * n_trainings) if progress else None
+    entries, top = [], None
+    for k, seed in enumerate(seeds):
+        if progress:
+            progress.update(task, description=f"seed {seed}")
+        entry, artefacts = run_seed(replace(settings, seed=seed), texts, labels, grid,
+                                    (lambda: progress.advance(task)) if progress else None)
+        entries.append(entry)
+        if k == 0:
+            top = write_readings(out, artefacts)
+
+    def col(f):
+        return [f(e) for e in entries]
+
+    model = col(lambda e: e["test_acc"])
+    unigram = col(lambda e: e["baseline"])
     results = {
-        "test_acc": test_acc,
-        "baseline": base["test_acc"],
-        "baseline_bigram": base2["test_acc"],
-        "test_acc_other_attention": {other: test_acc_other},
-        "val_acc": max(h["val_acc"] for h in history),
-        "best_epoch": int(np.argmax([h["val_acc"] for h in history])) + 1,
-        "train_seconds": train_seconds,
-        "baseline_seconds": baseline_seconds,
-        "total_seconds": time.perf_counter() - t_start,
-        "training": ("hardmax forward, straight-through softmax gradient "
-                     f"(temperature {settings.temperature}); evaluated with exact hardmax")
+        "seeds": seeds,
+        "model": summarize(model),
+        "model_val": summarize(col(lambda e: e["val_acc"])),
+        "unigram": summarize(unigram),
+        "bigram": summarize(col(lambda e: e["baseline_bigram"])),
+        "unigram_mean_pooled": summarize(col(lambda e: e["unigram_mean_pooled"]["test_acc"])),
+        "model_minus_unigram": paired_difference(model, unigram),
+        "leader_in_top10": summarize(col(lambda e: e["leaders"]["leader_in_top10"])),
+        "prediction_agrees_with_leader": summarize(
+            col(lambda e: e["leaders"]["prediction_agrees_with_leader"])),
+        "chance": {"in_top10": float(np.mean(col(lambda e: e["leaders"]["chance_in_top10"]))),
+                   "agrees": float(np.mean(col(lambda e: e["leaders"]["chance_agrees"])))},
+        "training": ("hardmax forward, straight-through softmax gradient (temperature chosen"
+                     " on validation); evaluated with exact hardmax")
         if settings.attention == "hardmax" else "softmax, evaluated with softmax",
-        "sizes": {"train": len(split.train), "val": len(split.val), "test": len(split.test),
-                  "vocab": len(vocab)},
-        "baseline_details": {"unigram": base, "bigram": base2},
-        "history": history,
-        "top_leaders": {cls: top[cls][:15] for cls in top},
+        "search_grid": grid,
+        "per_seed": entries,
+        "top_leaders_first_seed": top,
         "settings": asdict(settings),
+        "cpu_seconds": time.process_time() - cpu0,
+        "wall_seconds": time.perf_counter() - wall0,
+        "load_average": {"before": load_before, "after": _loadavg()},
         "torch": torch.__version__,
     }
-    (out / "results.json").write_text(json.dumps(results, indent=2))
+    _write_text(out / "results.json", json.dumps(results, indent=2))
+    _write_text(out / "table.md", results_table(results))
     return results
+
+
+def _loadavg() -> list[float] | None:
+    try:
+        return [round(x, 2) for x in os.getloadavg()]
+    except OSError:
+        return None
