@@ -14,7 +14,7 @@ from exactformer import Dataset, InfeasibleError
 from exactformer.compiler import endgame, geometry, validate
 from exactformer.compiler.split import _mixed_classes
 from exactformer.compiler.state import TokenState
-from exactformer.errors import CompileError
+from exactformer.errors import InternalError
 from test_compile import structured_dataset
 
 
@@ -47,7 +47,7 @@ def test_snaps_land_every_token_and_match_the_full_forward(monkeypatch, compact,
 
 def test_check_landed_catches_a_token_left_on_the_line():
     endgame._check_landed(np.array([0.5, 1.0, 1.1]), 1.0, 4.0)
-    with pytest.raises(CompileError, match="token 2 .* above the snap limit"):
+    with pytest.raises(InternalError, match="token 2 .* above the snap limit"):
         endgame._check_landed(np.array([0.5, 1.0, 1.6]), 1.0, 4.0)
 
 

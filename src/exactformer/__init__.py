@@ -20,6 +20,7 @@ from .errors import (
     InfeasibleError,
     InternalError,
     ModelFileError,
+    VerificationError,
 )
 from .model import Block, FeedForward, SelfAttention, Transformer
 from .verify import Report, verify
@@ -39,6 +40,7 @@ __all__ = [
     "Report",
     "SelfAttention",
     "Transformer",
+    "VerificationError",
     "compile",
     "progress",
     "load_dataset",

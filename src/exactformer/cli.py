@@ -1,6 +1,7 @@
 """The ``exactformer`` command line (typer + rich).
 
-Exit status: 0 ok, 1 a check failed, 2 bad input (one line on stderr, never a traceback).
+Exit status: 0 ok, 1 a check failed, 2 bad input or a documented limit (one line on stderr,
+never a traceback), 3 an internal error (one line; the traceback only with ``--debug``).
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ from functools import wraps
 import typer
 from rich.console import Console
 
-from .errors import ExactformerError
+from .errors import ExactformerError, InternalError, VerificationError
 
 app = typer.Typer(
     help="Compile a dataset of sequences into a transformer that reproduces it exactly.",
@@ -32,8 +33,18 @@ def fail(message: str, code: int = 2) -> None:
     raise typer.Exit(code)
 
 
+_debug = {"on": False}
+
+
+@app.callback()
+def _options(debug: bool = typer.Option(False, "--debug",
+                                        help="Show the traceback of an internal error.")):
+    """Compile a dataset of sequences into a transformer that reproduces it exactly."""
+    _debug["on"] = debug
+
+
 def user_errors(fn):
-    """Turn :class:`ExactformerError` (bad input) into one stderr line and exit status 2."""
+    """One stderr line per error: bad input → exit 2, failed check → 1, internal error → 3."""
 
     @wraps(fn)
     def wrapper(*args, **kwargs):
@@ -41,6 +52,14 @@ def user_errors(fn):
             return fn(*args, **kwargs)
         except ExactformerError as exc:
             fail(str(exc))
+        except VerificationError as exc:
+            fail(str(exc), 1)
+        except InternalError as exc:
+            if _debug["on"]:
+                import traceback
+
+                traceback.print_exc()
+            fail(f"{exc} (an internal error: please report it; --debug shows where)", 3)
         except KeyboardInterrupt:
             err_console.print("interrupted")
             raise typer.Exit(130) from None

@@ -1,4 +1,9 @@
-"""Errors with a one-line message meant for the user (the CLI prints them and exits 2)."""
+"""Errors with a one-line message meant for the user.
+
+The CLI maps them to its exit status (README, "Exit status"): :class:`ExactformerError`
+(bad input or a documented limit of the method) → 2, :class:`VerificationError` (a check
+failed) → 1, :class:`InternalError` (a bug) → 3.
+"""
 
 
 class ExactformerError(Exception):
@@ -26,3 +31,14 @@ class InternalError(Exception):
 
     Not an :class:`ExactformerError`: the user's input is fine and there is nothing to fix.
     """
+
+
+class VerificationError(Exception):
+    """A model failed its check (exit status 1): e.g. no draw of the compiler certified.
+
+    ``report`` is the :class:`~exactformer.verify.Report` of the last failed check.
+    """
+
+    def __init__(self, message: str, report=None):
+        super().__init__(message)
+        self.report = report

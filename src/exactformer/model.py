@@ -154,13 +154,13 @@ class Transformer:
 
     @property
     def exact(self) -> bool:
-        """True when the weights are rationals (built in exact mode)."""
-        for blk in self.blocks:
-            for layer in (blk.ff, blk.sa):
-                if layer is not None:
-                    return any(nm.is_exact(np.asarray(t)) for t in layer.tensors().values()
-                               if np.asarray(t).size)
-        return False
+        """True when every weight is a rational (built in exact mode): fail closed.
+
+        A model with some float and some rational tensors is not exact; the evaluator runs
+        it in floats (:func:`exactformer.forward.run`).
+        """
+        kinds = {nm.is_exact(np.asarray(t)) for _, t in self.named_tensors()}
+        return kinds == {True}
 
     @property
     def width(self) -> int:
@@ -222,6 +222,22 @@ class Transformer:
 
     def as_float(self) -> Transformer:
         return self._map(nm.to_float)
+
+    @property
+    def has_float_realisation(self) -> bool:
+        """False when the compiler recorded that this exact model's float64 tensors do not
+        certify as a float model (docs/verification.md): readers must not use them."""
+        return not (self.exact and self.info.get("float_realisation") is False)
+
+    def float_model(self) -> Transformer:
+        """The float64 tensors as a model; refused (ModelFileError) without a float realisation."""
+        if not self.has_float_realisation:
+            from .errors import ModelFileError
+
+            raise ModelFileError("this exact model has no float realisation: its float64 "
+                                 "tensors do not certify as a float model (only its rational "
+                                 "weights are proven); use `verify --exact` or recompile")
+        return self.as_float() if self.exact else self
 
     def as_exact(self) -> Transformer:
         return self._map(nm.to_exact)

@@ -83,6 +83,7 @@ def load(path) -> Transformer:
         rational = json.loads(meta.get("rational", "{}"))
     except json.JSONDecodeError as exc:
         raise ModelFileError(f"{path}: corrupt metadata ({exc})") from None
+    _check_rational_cover(path, rational, tensors)
     if not isinstance(kinds, list) or len(kinds) != n_blocks:
         kinds = [""] * n_blocks
     known = set()
@@ -146,3 +147,26 @@ def load(path) -> Transformer:
     if extra:
         raise ModelFileError(f"{path}: unexpected tensor {extra[0]} (not part of {FORMAT})")
     return Transformer(blocks, d, attention, temperature, info if isinstance(info, dict) else {})
+
+
+def _check_rational_cover(path, rational, tensors) -> None:
+    """Fail closed: ``rational`` metadata, when present, gives every tensor and nothing else.
+
+    A file whose rationals cover only some tensors would be half exact: it is malformed
+    (docs/design.md §2), not an exact model with float holes.
+    """
+    if not isinstance(rational, dict):
+        raise ModelFileError(f"{path}: metadata 'rational' must map tensor names to lists")
+    if not rational:
+        return
+    missing = sorted(set(tensors) - set(rational))
+    if missing:
+        raise ModelFileError(f"{path}: 'rational' metadata covers some tensors but not "
+                             f"{missing[0]} ({len(missing)} missing): a partial exact model")
+    foreign = sorted(set(rational) - set(tensors))
+    if foreign:
+        raise ModelFileError(f"{path}: 'rational' metadata names {foreign[0]}, which is not a "
+                             "tensor of the file")
+    for name, values in rational.items():
+        if not isinstance(values, list) or len(values) != int(np.asarray(tensors[name]).size):
+            raise ModelFileError(f"{path}: rational weights of {name} do not match its shape")

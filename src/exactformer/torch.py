@@ -262,6 +262,7 @@ class TorchTransformer(HookedModule, nn.Module):
         The rationals are remembered: :meth:`save` writes them back as long as no weight
         has changed, so an exact model's file round-trips with its proof (docs/design.md §3).
         """
+        model.float_model()  # refuses an exact model whose floats do not certify
         blocks = []
         for b in model.blocks:
             ff = sa = None

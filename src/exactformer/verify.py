@@ -1,11 +1,22 @@
 """Verification: run a model on a dataset and check docs/design.md §3's "exact".
 
-For every sequence: the first m_j outputs equal the targets (prefix read-out), and every
-other output equals one of the sequence's targets (output set = target set). Exact models
-run in rational arithmetic and must have error exactly 0; float models report the largest
-relative error (relative to the data's largest absolute value) and the smallest relative
-score margin of the attention layers, which certifies that rounding cannot change a
-hardmax argmax set.
+docs/verification.md states what each mode proves.
+
+For every sequence the first m_j outputs must be the targets (prefix read-out) and every
+other output one of the sequence's targets (output set = target set). "Is" means, beyond
+doubt (the *pass rule*): every output lies within ``tol × scale`` of its target (scale = the
+largest absolute value of inputs and targets) **and** closer to it than a quarter of the
+distance from that target to the nearest other distinct target of the whole dataset; an
+output after the read-out is judged against the nearest target of its own sequence's set.
+A classification model passes only at 100 % accuracy.
+
+Three ways to run the model, one evaluator (:mod:`exactformer.forward`):
+
+* ``exact`` — rational arithmetic (exact models): error 0 is required and proven;
+* certified float (the default for float models) — interval arithmetic around the float64
+  forward pass: the true outputs of the stored float64 weights, in exact real arithmetic,
+  lie within a certified distance δ of the computed ones; the rule is applied to δ;
+* ``certify=False`` — the plain float64 check (the rule applied to the computed outputs).
 """
 
 from __future__ import annotations
@@ -20,6 +31,11 @@ from .model import Transformer
 from .tolerances import VERIFY_TOL
 
 DEFAULT_TOL = VERIFY_TOL
+# Float mode refuses distinct targets closer than this × scale (docs/verification.md): the
+# pass rule needs an error below a quarter of their distance, and the compact snaps round
+# at ~1e-12 × scale.
+TARGET_GAP = 1e-9
+_CERTIFIED_EVALUATOR = False  # the interval evaluator lands next
 
 
 @dataclass
@@ -31,37 +47,55 @@ class Report:
     max_abs_error: float
     max_rel_error: float
     worst_sequence: int
-    prefix_ok: np.ndarray  # (N,) bool: read-out equals the targets (within tol)
-    set_ok: np.ndarray  # (N,) bool: every other output is one of the targets
+    prefix_ok: np.ndarray  # (N,) bool: read-out is the targets (pass rule)
+    set_ok: np.ndarray  # (N,) bool: every other output is one of the targets (pass rule)
     min_margin: float  # smallest relative score margin over attention layers (inf if none)
     layer_margins: list = field(default_factory=list)  # (block, margin) per attention layer
     tol: float = DEFAULT_TOL
     accuracy: float | None = None  # classification: share of sequences read out as their class
-    certificate: str | None = None  # softmax exact mode: what the ball-arithmetic proof says
+    certificate: str | None = None  # what the proof says (certified or exact softmax modes)
     leaks: list = field(default_factory=list)  # softmax: (block, largest weight off argmax)
+    certified: bool | None = None  # None: not attempted (plain float check or exact)
+    method: str = "float64"  # "exact rational", "interval", "ball arithmetic", "float64"
+    delta: np.ndarray | None = None  # (N,) per sequence: certified (or observed) max-norm error
+    where: str | None = None  # first sequence / token / block where the certificate fails
 
     @property
     def passed(self) -> bool:
-        return bool(np.all(self.prefix_ok) and np.all(self.set_ok))
+        ok = bool(np.all(self.prefix_ok) and np.all(self.set_ok))
+        if self.accuracy is not None and self.accuracy < 1.0:
+            ok = False
+        return ok and self.certified is not False
+
+    @property
+    def max_delta(self) -> float:
+        return float(np.max(self.delta)) if self.delta is not None and len(self.delta) else 0.0
 
     def summary(self) -> str:
-        kind = "exact rational" if self.exact else "float64"
-        if self.certificate is not None:
-            kind = "certified in ball arithmetic"
+        kind = {"exact rational": "exact rational", "ball arithmetic":
+                "certified in ball arithmetic"}.get(self.method, "float64")
+        if self.method == "interval":
+            kind = "float64, certified" if self.certified else "float64, NOT certified"
         status = "PASS" if self.passed else "FAIL"
         bad = int(np.count_nonzero(~(self.prefix_ok & self.set_ok)))
         acc = "" if self.accuracy is None else f"accuracy {100 * self.accuracy:.2f} %, "
-        return (f"{status} ({kind}): {self.n_sequences} sequences, {bad} wrong, {acc}max abs error "
-                f"{self.max_abs_error:.3g}, max rel error {self.max_rel_error:.3g}, "
-                f"worst sequence {self.worst_sequence}, min score margin {self.min_margin:.3g}")
+        cert = ""
+        if self.method == "interval":
+            cert = f"certified δ {self.max_delta:.3g} abs, "
+        margin = "" if np.isnan(self.min_margin) else f", min score margin {self.min_margin:.3g}"
+        return (f"{status} ({kind}): {self.n_sequences} sequences, {bad} wrong, {acc}{cert}"
+                f"max abs error {self.max_abs_error:.3g}, max rel error "
+                f"{self.max_rel_error:.3g}, worst sequence {self.worst_sequence}{margin}")
 
 
 def verify(model: Transformer, dataset: Dataset, exact: bool | None = None,
-           tol: float = DEFAULT_TOL) -> Report:
-    """Run ``model`` on every input of ``dataset`` and check the targets.
+           tol: float = DEFAULT_TOL, certify: bool = True) -> Report:
+    """Run ``model`` on every input of ``dataset`` and check the targets (pass rule above).
 
     ``exact=None`` runs in rationals when the model has rational weights (exact mode), else
-    in float64. In exact mode the tolerance is 0.
+    in float64; ``exact=False`` runs the float64 tensors even of an exact model. In exact
+    mode the tolerance is 0. ``certify`` (float mode): prove the float model in interval
+    arithmetic (docs/verification.md); ``False`` is the plain float64 check.
     """
     if model.d != dataset.d:
         from .errors import DatasetError
@@ -75,52 +109,191 @@ def verify(model: Transformer, dataset: Dataset, exact: bool | None = None,
     if exact is None:
         exact = model.exact
     if exact and model.attention == "softmax":
-        return _certified(model, dataset)
-    inputs = [nm.to_exact(x) for x in dataset.inputs] if exact else dataset.inputs
+        return _ball_certified(model, dataset)
+    if not exact and model.exact:
+        model = model.as_float()  # the file's float64 tensors, as every float reader sees them
     stats: list = []
-    outputs = model.run(inputs, stats=stats)
-    scale = dataset.scale
-    N = dataset.n_sequences
-    prefix_err = np.zeros(N)
-    set_err = np.zeros(N)
-    for j, (out, y) in enumerate(zip(outputs, dataset.targets)):
-        yy = nm.to_exact(y) if exact else y
-        m = len(y)
-        diff = np.abs(out[:m] - yy)
-        prefix_err[j] = float(diff.max()) if diff.size else 0.0
-        rest = out[m:]
-        if len(rest):
-            # distance of each remaining output to its nearest target (max-norm)
-            dist = np.abs(rest[:, None, :] - yy[None, :, :]).max(axis=2).min(axis=1)
-            set_err[j] = float(dist.max())
-    limit = 0.0 if exact else tol * scale
-    err = np.maximum(prefix_err, set_err)
+    radii = None
+    certificate = where = None
+    if exact:
+        outputs = model.run([nm.to_exact(x) for x in dataset.inputs], stats=stats)
+    elif certify and _CERTIFIED_EVALUATOR:
+        from .forward import run_certified
+
+        enc = run_certified(model, dataset.inputs, stats=stats)
+        outputs, radii = enc.outputs, enc.radii
+    else:
+        outputs = model.run(dataset.inputs, stats=stats)
+    rule = PassRule(dataset, 0.0 if exact else tol)
+    observed, delta, ok_prefix, ok_set, blame_token = rule.apply(outputs, radii)
     margins = [(s["block"], s.get("margin", np.inf)) for s in stats]
     leaks = [(s["block"], s["leak"]) for s in stats if "leak" in s]
-    worst = int(np.argmax(err))
+    worst = int(np.argmax(observed)) if len(observed) else 0
     accuracy = None
     if dataset.labels is not None:
         codes = nm.to_float(np.asarray(dataset.codes))
         first = np.stack([nm.to_float(o[0]) for o in outputs])
         pred = np.argmin(np.linalg.norm(first[:, None] - codes[None], axis=2), axis=1)
         accuracy = float(np.mean(pred == np.asarray(dataset.labels)))
+    certified = None
+    method = "exact rational" if exact else "float64"
+    if radii is not None:
+        method = "interval"
+        bad = np.flatnonzero(~(ok_prefix & ok_set))
+        certified = len(bad) == 0
+        if certified:
+            certificate = (f"certified: the stored float64 model, in exact real arithmetic, puts "
+                           f"every output within δ = {float(delta.max(initial=0)):.3g} of its "
+                           "target (pass rule)")
+        else:
+            j = int(bad[0])
+            tok = int(blame_token[j])
+            block = enc.blame_block(j, tok)
+            where = (f"sequence {j}, token {tok}"
+                     + (f", block {block}" if block is not None else ""))
+            certificate = (f"not certified: {where}: certified δ {delta[j]:.3g} does not meet "
+                           f"the pass rule (limit {rule.limit_of(j):.3g})")
+    scale = dataset.scale
     return Report(
-        n_sequences=N,
+        n_sequences=dataset.n_sequences,
         exact=exact,
-        max_abs_error=float(err.max()),
-        max_rel_error=float(err.max() / scale),
+        max_abs_error=float(observed.max(initial=0.0)),
+        max_rel_error=float(observed.max(initial=0.0) / scale),
         worst_sequence=worst,
-        prefix_ok=prefix_err <= limit,
-        set_ok=set_err <= limit,
+        prefix_ok=ok_prefix,
+        set_ok=ok_set,
         min_margin=min((m for _, m in margins), default=np.inf),
         layer_margins=margins,
         tol=0.0 if exact else tol,
         leaks=leaks,
         accuracy=accuracy,
+        certificate=certificate,
+        certified=certified,
+        method=method,
+        delta=delta,
+        where=where,
     )
 
 
-def _certified(model: Transformer, dataset: Dataset) -> Report:
+class PassRule:
+    """The pass rule of the module docstring for one dataset and tolerance.
+
+    Distances are in the max-norm. ``sep`` of a target is its distance to the nearest other
+    distinct target of the whole dataset (inf when there is none).
+    """
+
+    def __init__(self, dataset: Dataset, tol: float):
+        self.dataset = dataset
+        self.abs_tol = tol * dataset.scale
+        Y = np.concatenate(dataset.targets) if dataset.targets else np.zeros((0, dataset.d))
+        self.distinct, self.target_id = np.unique(Y, axis=0, return_inverse=True)
+        self.target_id = self.target_id.reshape(-1)
+        self.sep = nearest_other(self.distinct)
+        self.offsets = np.concatenate([[0], np.cumsum(dataset.output_lengths)])
+        self.limits = np.zeros(dataset.n_sequences)
+
+    def limit_of(self, j: int) -> float:
+        return float(self.limits[j])
+
+    def apply(self, outputs, radii=None):
+        """Per sequence: observed error, δ (error + radius), read-out ok, set ok, worst token.
+
+        ``radii`` (per sequence, per token and coordinate) turns the observed error into a
+        certified bound; without it δ is the observed error.
+        """
+        N = self.dataset.n_sequences
+        observed, delta = np.zeros(N), np.zeros(N)
+        ok_prefix, ok_set = np.ones(N, bool), np.ones(N, bool)
+        worst_token = np.zeros(N, dtype=np.int64)
+        exact = self.abs_tol == 0
+        for j, (out, y) in enumerate(zip(outputs, self.dataset.targets)):
+            m = len(y)
+            ids = self.target_id[self.offsets[j]:self.offsets[j + 1]]
+            rad = None if radii is None else radii[j]
+            if exact:
+                yy = nm.to_exact(y)
+                diff = np.abs(out[:m] - yy)
+                err = np.array([float(r.max()) for r in diff]) if m else np.zeros(0)
+                rest = out[m:]
+                near = np.zeros(len(rest), dtype=np.int64)
+                rest_err = np.zeros(len(rest))
+                for k, row in enumerate(rest):
+                    dist = [float(np.max(np.abs(row - t))) for t in yy]
+                    near[k] = int(np.argmin(dist))
+                    rest_err[k] = dist[near[k]]
+                obs, dl = np.concatenate([err, rest_err]), np.concatenate([err, rest_err])
+            else:
+                out = np.asarray(out, dtype=np.float64)
+                gap = np.abs(out[:m] - y)
+                obs_p = gap.max(axis=1) if m else np.zeros(0)
+                dl_p = (gap + rad[:m]).max(axis=1) if rad is not None and m else obs_p
+                rest = out[m:]
+                if len(rest) and m:
+                    dist = np.abs(rest[:, None, :] - y[None, :, :])  # (n-m, m, d)
+                    near = dist.max(axis=2).argmin(axis=1)
+                    g = np.take_along_axis(dist, near[:, None, None], 1)[:, 0]
+                    obs_r = g.max(axis=1)
+                    dl_r = (g + rad[m:]).max(axis=1) if rad is not None else obs_r
+                else:
+                    near = np.zeros(len(rest), dtype=np.int64)
+                    obs_r = dl_r = np.zeros(len(rest))
+                obs, dl = np.concatenate([obs_p, obs_r]), np.concatenate([dl_p, dl_r])
+            own = np.concatenate([ids, ids[near]]) if m else np.zeros(0, dtype=np.int64)
+            if not np.all(np.isfinite(dl)):
+                dl = np.where(np.isfinite(dl), dl, np.inf)
+            limit = np.minimum(self.abs_tol, self.sep[own] / 4) if len(own) else np.zeros(0)
+            good = (dl <= self.abs_tol) & (4 * dl < self.sep[own]) if len(own) else np.ones(0,
+                                                                                      bool)
+            if exact:
+                good = dl == 0
+            observed[j] = float(obs.max()) if len(obs) else 0.0
+            delta[j] = float(dl.max()) if len(dl) else 0.0
+            ok_prefix[j] = bool(np.all(good[:m]))
+            ok_set[j] = bool(np.all(good[m:]))
+            bad = np.flatnonzero(~good)
+            worst_token[j] = int(bad[0]) if len(bad) else (int(np.argmax(dl)) if len(dl) else 0)
+            self.limits[j] = float(limit[worst_token[j]]) if len(limit) else 0.0
+        return observed, delta, ok_prefix, ok_set, worst_token
+
+
+def nearest_other(points: np.ndarray, chunk: int = 1 << 22) -> np.ndarray:
+    """Max-norm distance of each (distinct) point to the nearest other point (inf if alone)."""
+    K = len(points)
+    out = np.full(K, np.inf)
+    if K < 2:
+        return out
+    if K > 8192:
+        from scipy.spatial import cKDTree
+
+        dist, _ = cKDTree(points).query(points, k=2, p=np.inf)
+        return dist[:, 1]
+    step = max(1, chunk // (K * max(1, points.shape[1])))
+    for s in range(0, K, step):
+        d = np.abs(points[s:s + step, None, :] - points[None, :, :]).max(axis=2)
+        d[np.arange(len(d)), s + np.arange(len(d))] = np.inf
+        out[s:s + step] = d.min(axis=1)
+    return out
+
+
+def close_targets(dataset: Dataset, gap: float = TARGET_GAP):
+    """The closest pair of distinct targets if nearer than ``gap × scale``, else None.
+
+    Returns ``(j1, j2, distance / scale)`` with the sequences holding the two targets.
+    """
+    Y = np.concatenate(dataset.targets) if dataset.targets else np.zeros((0, dataset.d))
+    distinct, first = np.unique(Y, axis=0, return_index=True)
+    sep = nearest_other(distinct)
+    if not len(sep) or sep.min() >= gap * dataset.scale:
+        return None
+    i = int(np.argmin(sep))
+    k = int(np.argmin(np.where(np.arange(len(distinct)) == i, np.inf,
+                               np.abs(distinct - distinct[i]).max(axis=1))))
+    offsets = np.cumsum(dataset.output_lengths)
+    seq = lambda row: int(np.searchsorted(offsets, row, side="right"))  # noqa: E731
+    return seq(first[i]), seq(first[k]), float(sep[i] / dataset.scale)
+
+
+def _ball_certified(model: Transformer, dataset: Dataset) -> Report:
     """Softmax in exact mode: the ball-arithmetic certificate of :mod:`exactformer.certify`."""
     from .certify import certify
 
@@ -129,4 +302,5 @@ def _certified(model: Transformer, dataset: Dataset) -> Report:
     ok = np.full(N, cert.passed)
     err = 0.0 if cert.passed else float("inf")
     return Report(N, True, err, err, 0, ok, ok.copy(), float("nan"), tol=0.0,
-                  certificate=cert.message)
+                  certificate=cert.message, certified=cert.passed, method="ball arithmetic",
+                  delta=np.full(N, err))

@@ -38,9 +38,17 @@ def _summary(model, dataset: Dataset, report, seconds: float, title: str) -> Tab
               f"{strict_bound(dataset, model.attention)})")
     t.add_row("FF width / attention rank", f"{model.width} / {model.rank}")
     t.add_row("parameters", f"{model.n_params:,}")
-    kind = "exact rational arithmetic" if report.exact else "float64"
+    kind = {"exact rational": "exact rational arithmetic", "ball arithmetic":
+            "certified in ball arithmetic", "interval": "float64, certified in interval "
+            "arithmetic"}.get(report.method, "float64")
     t.add_row("verification", f"[{'green' if report.passed else 'red'}]"
               f"{'PASS' if report.passed else 'FAIL'}[/] ({kind})")
+    if report.method == "interval":
+        t.add_row("certified δ", f"{report.max_delta:.3g} abs, "
+                  f"{report.max_delta / dataset.scale:.3g} rel (every output to its target)")
+    if "float_realisation" in model.info:
+        t.add_row("float64 tensors", "certified as a float model" if model.info[
+            "float_realisation"] else "NOT a float realisation (run, twin and info refuse them)")
     if report.accuracy is not None:
         C = len(np.unique(dataset.labels))
         t.add_row("classification", f"accuracy {100 * report.accuracy:.2f} %, {C} classes "
@@ -80,14 +88,9 @@ def compile_cmd(
     t0 = time.perf_counter()
     with _progress(not quiet and dataset.n_tokens > 20_000) as progress:
         model = exactformer.compile(dataset, attention=attention, compact=compact, exact=exact,
-                                    seed=seed, progress=progress, verify=False)
-    report = exactformer.verify(model, dataset)
+                                    seed=seed, progress=progress)  # verified: never a wrong model
+    report = model.report
     seconds = time.perf_counter() - t0
-    if not report.passed:  # never write a wrong model
-        fail(f"the compiled model failed verification, nothing written ({report.summary()})", 1)
-    from ..compiler import record_verification
-
-    record_verification(model, dataset, report)
     model.save(out)
     if not quiet:
         console.print(_summary(model, dataset, report, seconds, f"compiled {data} → {out}"))
@@ -101,6 +104,9 @@ def verify_cmd(
     exact: bool = typer.Option(None, "--exact/--float",
                                help="Rational arithmetic (default: when the model is exact)."),
     tol: float = typer.Option(1e-10, help="Float mode: largest relative error that passes."),
+    certify: bool = typer.Option(True, "--certify/--no-certify",
+                                 help="Float mode: prove the outputs in interval arithmetic "
+                                      "(docs/verification.md), or only run the float check."),
 ):
     """Re-run MODEL on DATA and check every sequence; exit 1 if not exact."""
     import exactformer
@@ -110,7 +116,7 @@ def verify_cmd(
     model = Transformer.load(model_path)
     dataset = load_dataset(data)
     t0 = time.perf_counter()
-    report = exactformer.verify(model, dataset, exact=exact, tol=tol)
+    report = exactformer.verify(model, dataset, exact=exact, tol=tol, certify=certify)
     console.print(report.summary(), highlight=False)
     if report.certificate:
         console.print(f"certificate: {report.certificate}", highlight=False)
@@ -132,6 +138,18 @@ def _runs(kinds: list[str]) -> list[tuple[int, int, str]]:
     return runs
 
 
+def _recorded_claim(info: dict) -> str:
+    """What the compiler proved, as recorded in the file (info shows it, verify re-proves it)."""
+    method = info.get("verified_by")
+    if not method:
+        return ""
+    text = {"interval": "certified in interval arithmetic", "exact rational":
+            "exact rational arithmetic", "ball arithmetic": "ball arithmetic"}.get(method, method)
+    if method == "interval" and "certified_delta_rel" in info:
+        text += f", δ ≤ {float(info['certified_delta_rel']):.3g} × scale"
+    return text + " (recorded in the file, not re-proved: run `exactformer verify`)"
+
+
 @app.command("info")
 @user_errors
 def info_cmd(model_path: Path = typer.Argument(..., metavar="MODEL")):
@@ -150,6 +168,12 @@ def info_cmd(model_path: Path = typer.Argument(..., metavar="MODEL")):
     t.add_row("blocks", str(model.n_blocks))
     t.add_row("FF width / attention rank", f"{model.width} / {model.rank}")
     t.add_row("parameters", f"{model.n_params:,}")
+    if not model.has_float_realisation:
+        t.add_row("float64 tensors", "no float realisation: they do not certify as a float "
+                  "model; run, predict and the PyTorch twin refuse them")
+    claim = _recorded_claim(model.info)
+    if claim:
+        t.add_row("verified at compile time", claim)
     for key, value in model.info.items():
         if key == "softmax_off_argmax_weight":
             for block, weight in value.items():
@@ -191,6 +215,8 @@ def run_cmd(
     dataset = load_dataset(data, require_targets=False)
     if dataset.d != model.d:
         fail(f"{data}: tokens have d = {dataset.d} but the model works on d = {model.d}")
+    if model.exact and model.attention == "softmax":  # exp has no rational forward pass
+        model = model.float_model()
     outputs = [to_float(y) for y in model.run(dataset.inputs)]
     save_dataset(Dataset(dataset.inputs, outputs), out)
     console.print(f"wrote the outputs of {len(outputs)} sequences to {out}")

@@ -17,7 +17,7 @@ import numpy as np
 
 from .. import numeric as nm
 from ..dataset import Dataset
-from ..errors import CompileError
+from ..errors import DatasetError, InternalError, VerificationError
 from ..model import Transformer
 from ..progress import as_callback
 from ..tolerances import COLLAPSE_TOL
@@ -44,6 +44,9 @@ def strict_bound(dataset: Dataset, attention: str = "hardmax") -> int:
     return 2 * sm + n + (1 if attention == "hardmax" else 2)
 
 
+DRAWS = 4  # generic draws tried before an internal failure or a failed certificate is final
+
+
 def compile(dataset: Dataset, attention: str = "hardmax", compact: bool = False,
             exact: bool = False, seed: int = 0, progress=None, verify: bool = True) -> Transformer:
     """Compile ``dataset`` into a transformer whose outputs equal the targets.
@@ -52,7 +55,13 @@ def compile(dataset: Dataset, attention: str = "hardmax", compact: bool = False,
     handful of blocks. ``exact``: rational weights, verified with zero error. ``seed``
     drives every generic draw. ``progress``: ``True`` prints progress lines on stderr, or a
     callable ``progress(stage, done, total)`` called on long stages.
-    The model is verified before it is returned; a failed check raises CompileError.
+
+    The model is verified before it is returned (float models: certified in interval
+    arithmetic, docs/verification.md); the report travels with it as ``model.report``.
+    A draw whose construction fails internally (:class:`InternalError`) or whose model does
+    not certify is replaced by a new generic draw (``seed`` first, then ``(seed, k)``), up to
+    ``DRAWS`` draws; then the last failure is raised (:class:`VerificationError`: the check
+    failed, or :class:`InternalError`). Bad data raises :class:`DatasetError` first.
     """
     if dataset.labels is not None and not any(len(y) for y in dataset.targets):
         from ..classification import with_codes
@@ -62,11 +71,48 @@ def compile(dataset: Dataset, attention: str = "hardmax", compact: bool = False,
         raise ValueError(f"attention must be 'hardmax' or 'softmax', got {attention!r}")
     progress = as_callback(progress)
     t0 = time.perf_counter()
-    rng = np.random.default_rng(seed)
-
     analysis = analyse(dataset)  # validate: ids, groups, docs/design.md §3
     if not exact:
         check_float_separable(dataset, analysis)
+        check_targets_separable(dataset)
+    failure: Exception | None = None
+    for draw in range(DRAWS):
+        rng = np.random.default_rng(seed if draw == 0 else [seed, draw])
+        try:
+            model = _build(dataset, analysis, attention, compact, exact, rng, progress)
+        except InternalError as exc:
+            failure = exc
+            continue
+        model.info.update({
+            "mode": ("compact" if compact else "strict") + (", exact" if exact else ""),
+            "seed": seed,
+            "paper_blocks": paper_bound(dataset, attention),
+            "compile_seconds": round(time.perf_counter() - t0, 4),
+        })
+        if draw:
+            model.info["draw"] = draw
+        if dataset.labels is not None and dataset.codes is not None:
+            model.info["codes"] = np.asarray(dataset.codes).tolist()
+        if not verify:
+            model.info["total_seconds"] = round(time.perf_counter() - t0, 4)
+            return model
+        report = _verify_compiled(model, dataset)
+        if report.passed:
+            model.report = report
+            record_verification(model, dataset, report)
+            model.info["total_seconds"] = round(time.perf_counter() - t0, 4)
+            return model
+        why = f"; {report.certificate}" if report.certificate else ""
+        failure = VerificationError(
+            f"the compiled model failed verification in {draw + 1} generic draw(s), nothing "
+            f"written ({report.summary()}{why})", report)
+    if isinstance(failure, InternalError):
+        raise InternalError(f"{failure} (in each of {DRAWS} generic draws)") from failure
+    raise failure
+
+
+def _build(dataset, analysis, attention, compact, exact, rng, progress) -> Transformer:
+    """One generic draw of the construction (passes of docs/design.md §4-§5)."""
     X = np.concatenate(dataset.inputs)
     state = TokenState(nm.to_exact(X) if exact else X.astype(np.float64, copy=True),
                        analysis.seq, analysis.value, analysis.segments, exact, dataset.scale)
@@ -90,37 +136,70 @@ def compile(dataset: Dataset, attention: str = "hardmax", compact: bool = False,
     # exact softmax simulates the ideal collapse: leave room for the certified ε
     widen = attention == "softmax" and exact
     n_snaps = snap_all(builder, dest, targets, line, compact, progress, widen=widen)
-
-    model = Transformer(builder.blocks, dataset.d, attention, float(tau), info={
-        "mode": ("compact" if compact else "strict") + (", exact" if exact else ""),
-        "seed": seed,
+    return Transformer(builder.blocks, dataset.d, attention, float(tau), info={
         "split_rounds": rounds,
         "moved_leaders": len(dest.moves),
         "snap_layers": n_snaps,
         "destinations": len(dest.target),
-        "paper_blocks": paper_bound(dataset, attention),
-        "compile_seconds": round(time.perf_counter() - t0, 4),
     })
-    if dataset.labels is not None and dataset.codes is not None:
-        model.info["codes"] = np.asarray(dataset.codes).tolist()
-    if verify:
-        from ..verify import verify as run_verify
 
-        report = run_verify(model, dataset)
-        if not report.passed:
-            raise CompileError("internal: the compiled model failed verification "
-                               f"({report.summary()})")
-        record_verification(model, dataset, report)
-    model.info["total_seconds"] = round(time.perf_counter() - t0, 4)
-    return model
+
+def check_targets_separable(dataset: Dataset) -> None:
+    """Float mode: distinct targets nearer than ``TARGET_GAP × scale`` are refused.
+
+    The pass rule (docs/verification.md) needs every output closer to its target than a
+    quarter of the distance to the next target; float64 layers at the data's scale round by
+    ~1e-16 × scale per operation (compact snaps ~1e-12 × scale), so targets nearer than
+    1e-9 × scale cannot be told apart reliably. Exact mode has no such limit.
+    """
+    from ..verify import TARGET_GAP, close_targets
+
+    pair = close_targets(dataset)
+    if pair is not None:
+        j1, j2, rel = pair
+        where = f"sequence {j1}" if j1 == j2 else f"sequences {j1} and {j2}"
+        raise DatasetError(
+            f"{where} have distinct targets only {rel:.2g} × scale apart (< {TARGET_GAP:g}; "
+            "scale = largest absolute value of inputs and targets): float64 cannot keep "
+            "outputs that close apart; compile with --exact")
+
+
+def _verify_compiled(model: Transformer, dataset: Dataset):
+    """The check before a model leaves the compiler: certified float, or exact.
+
+    An exact model's float64 tensors are certified as a float model in their own right;
+    when they do not certify, the model is kept (its rationals are proven) and its info
+    says that the file has no float realisation (``float_realisation = false``).
+    """
+    from ..verify import verify as run_verify
+
+    report = run_verify(model, dataset)
+    if report.passed and model.exact:
+        floats = run_verify(model, dataset, exact=False)
+        model.info["float_realisation"] = bool(floats.passed)
+        if floats.passed:
+            model.info["float_delta"] = floats.max_delta
+    return report
 
 
 def record_verification(model: Transformer, dataset: Dataset, report) -> None:
-    """Keep the verification's headline numbers in ``model.info`` (saved with the file)."""
+    """Keep the verification's headline numbers in ``model.info`` (saved with the file).
+
+    ``verified_by`` says how the claim was proven at compile time (exact rational, ball
+    arithmetic, interval = certified float, float64 = plain check); ``certified_delta`` is the
+    certified max-norm distance of every output to its target (relative: ``/ scale``).
+    ``info`` shows the claim as recorded, not re-proved (only ``verify`` proves).
+    """
     from ..verify import verify as run_verify
 
     model.info["max_rel_error"] = report.max_rel_error
     model.info["min_margin"] = report.min_margin
+    model.info["verified_by"] = report.method
+    if report.certified is not None:
+        model.info["certified"] = bool(report.certified)
+    if report.method == "interval":
+        model.info["certified_delta"] = report.max_delta
+        model.info["certified_delta_rel"] = report.max_delta / dataset.scale
     if model.attention == "softmax":
         leaks = report.leaks or run_verify(model.as_float(), dataset).leaks
         model.info["softmax_off_argmax_weight"] = {str(b): w for b, w in leaks}

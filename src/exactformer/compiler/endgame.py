@@ -19,7 +19,7 @@ import numpy as np
 
 from .. import numeric as nm
 from ..craft import line_projection, snap
-from ..errors import CompileError
+from ..errors import InternalError
 from ..tolerances import ISOLATION, LANDING, SNAP_BUDGET
 from .geometry import generic_unit
 from .state import ModelBuilder
@@ -92,7 +92,7 @@ def _clusters(builder: ModelBuilder, dest: Destinations, targets: np.ndarray,
         width = float(c.high - c.low)
         if gap <= 0 or (not st.exact and width * ISOLATION > gap):
             which = "the targets" if i == 0 else "the next lower cluster"
-            raise CompileError(
+            raise InternalError(
                 f"internal: cluster {i} on the line (width {width:.3g}) is not well apart "
                 f"from {which} (gap {gap:.3g})"
             )
@@ -221,7 +221,7 @@ def _check_landed(s: np.ndarray, top_target, low0) -> None:
     limit = top_target + (low0 - top_target) / LANDING
     worst = int(np.argmax(s))
     if s[worst] >= limit:
-        raise CompileError(
+        raise InternalError(
             f"internal: token {worst} ended at {s[worst]:.17g} on the line, above the snap "
             f"limit {limit:.17g} (a snap layer missed it)"
         )

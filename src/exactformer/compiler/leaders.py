@@ -15,7 +15,7 @@ import numpy as np
 
 from .. import numeric as nm
 from ..craft import collapse_layer, point_move
-from ..errors import CompileError
+from ..errors import InternalError
 from ..model import SelfAttention
 from ..tolerances import DRIFT, GOOD_GAP
 from .geometry import (
@@ -197,4 +197,4 @@ def check_collapsed(builder: ModelBuilder, dest: Destinations, tol: float) -> No
     want = dest.point[dest.token_dest]
     err = nm.max_abs(nm.to_float(st.X) - nm.to_float(want))
     if err > tol * max(st.scale, nm.max_abs(want)):
-        raise CompileError(f"internal: the collapse missed its destinations by {err:.3g}")
+        raise InternalError(f"internal: the collapse missed its destinations by {err:.3g}")

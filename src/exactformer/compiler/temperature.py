@@ -16,7 +16,7 @@ from fractions import Fraction
 import numpy as np
 
 from .. import numeric as nm
-from ..errors import CompileError
+from ..errors import CompileError, InternalError
 from ..forward import length_buckets
 from ..model import SelfAttention
 from ..tolerances import SOFTMAX_ACCEPT, SOFTMAX_EPS
@@ -56,14 +56,14 @@ def choose_temperature(st: TokenState, dest: Destinations, line: Line, targets) 
         at_dest = moved[idx][:, None, :] & (td[:, None, :] == td[:, :, None])  # (B, n, n)
         others = ~at_dest
         if not at_dest.any(axis=2).all():
-            raise CompileError("internal: a token has no leader at its destination")
+            raise InternalError("internal: a token has no leader at its destination")
         top = np.where(at_dest, scores, np.inf).min(axis=2)
         rival = np.where(others, scores, -np.inf).max(axis=2)
         gap = top - rival
         diam = np.abs(lam[idx][:, None, :] - lam_dest[td][:, :, None]).max(axis=2)
         has_rival = np.isfinite(rival)
         if np.any(has_rival & (gap <= 0)):
-            raise CompileError("internal: a token scores higher away from its destination")
+            raise InternalError("internal: a token scores higher away from its destination")
         ratio = np.log(np.maximum((n - 1) * diam / eps, np.e))
         tau = min(tau, float(np.min(np.where(has_rival, gap / ratio, np.inf))))
     if not np.isfinite(tau):
