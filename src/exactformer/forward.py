@@ -25,6 +25,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from . import numeric as nm
+from .rational import QMatrix
 from .screen import chunks_above
 from .tolerances import MARGIN_COPY, SCREEN_SLACK
 
@@ -104,10 +105,8 @@ _DENSE_SHARE = 0.25  # wide FF: candidate rows with more active units than this 
 
 
 def _sparse_ok(ff) -> bool:
-    """η = 1 in float: inactive rows are unchanged, so only active rows need the layer."""
-    eta = np.asarray(ff.eta)
-    return (eta.dtype != object and float(eta) == 1.0 and ff.width > 0
-            and not nm.is_exact(np.asarray(ff.U)))
+    """η = 1: inactive rows are unchanged, so only active rows need the layer (any arithmetic)."""
+    return ff.eta == 1 and ff.width > 0
 
 
 def _ff_groups(blocks, single: bool = False) -> dict[int, list]:
@@ -126,7 +125,7 @@ def _ff_groups(blocks, single: bool = False) -> dict[int, list]:
     for l, blk in enumerate(blocks):
         ok = blk.ff is not None and _sparse_ok(blk.ff)
         if ok:
-            cols = {r.tobytes() for r in np.asarray(blk.ff.U)}
+            cols = {r.tobytes() for r in _float_image(blk.ff.U)}
             many = len(cols) > _RUN_COLUMNS
             full = (single or many or len(run) >= _RUN_FFS or units + blk.ff.width > _RUN_UNITS
                     or len(columns | cols) > _RUN_COLUMNS)
@@ -178,7 +177,7 @@ class _Screen:
 
     @classmethod
     def of(cls, ffs: list) -> _Screen:
-        Us = np.concatenate([ff.U for ff in ffs])
+        Us = np.concatenate([_float_image(ff.U) for ff in ffs])
         cols, col_of_unit = np.unique(Us, axis=0, return_inverse=True)
         col_of_unit = col_of_unit.reshape(-1)
         ff_of_unit = np.repeat(np.arange(len(ffs)), [ff.width for ff in ffs])
@@ -186,7 +185,7 @@ class _Screen:
                                         return_inverse=True)
         pair_of_unit = pair_of_unit.reshape(-1)
         pair_thr = np.full(len(pairs), np.inf)
-        np.minimum.at(pair_thr, pair_of_unit, -np.concatenate([ff.b for ff in ffs]))
+        np.minimum.at(pair_thr, pair_of_unit, -np.concatenate([_float_image(ff.b) for ff in ffs]))
         return cls(cols, col_of_unit, pairs // len(cols), pairs % len(cols), pair_thr)
 
     def prepare(self) -> None:
@@ -201,37 +200,62 @@ class _Screen:
         return r[at][keep], pair[keep]
 
 
-def _apply_sparse_ffs(X: np.ndarray, ffs: list) -> None:
-    """Apply consecutive η = 1 FFs to ``X`` in place, touching only rows that may be active."""
+def _float_image(a) -> np.ndarray:
+    a = np.asarray(a)
+    return nm.to_float(a) if a.dtype == object else a
+
+
+def _apply_sparse_ffs(X, ffs: list) -> None:
+    """Apply consecutive η = 1 FFs to ``X`` in place, touching only rows that may be active.
+
+    ``X`` is float64, or a :class:`~exactformer.rational.QMatrix` (exact mode): then the
+    screens read its float image and every row they cannot rule out is evaluated exactly.
+    The screen's slack (``SCREEN_SLACK`` relative) is far above the distance between an
+    exact pre-activation and its float64 evaluation from the images
+    (:func:`exactformer.rational.rounding_bound`), so a skipped row is exactly unchanged.
+    """
     if len(X) == 0:
         return
-    xmax = float(np.abs(X).max())
+    exact = isinstance(X, QMatrix)
+    Xf = X.floats() if exact else X
+    xmax = float(np.abs(Xf).max())
     if not np.isfinite(xmax):  # let the reference formula propagate inf/nan
         for ff in ffs:
             X[:] = ff(X)
         return
     sc = _Screen.of(ffs)
     if len(ffs) == 1 and len(sc.cols) > _RUN_COLUMNS:
-        _apply_wide_ff(X, ffs[0], sc)
+        if exact:
+            _apply_wide_ff_exact(X, ffs[0], xmax, sc)
+        else:
+            _apply_wide_ff(X, ffs[0], sc)
     else:
         _apply_ff_run(X, ffs, xmax, sc)
 
 
-def _apply_ff_run(X: np.ndarray, ffs: list, xmax: float, sc: _Screen) -> None:
+def _slack(ffs: list, xmax: float) -> np.ndarray:
+    """Per FF, a screen slack far above rounding (and the rationals' float images)."""
+    n1 = np.array([float(np.abs(_float_image(ff.U)).sum(axis=1).max())
+                   for ff in ffs])  # |U·Δ| ≤ n1·|Δ|∞
+    bmax = np.array([float(np.abs(_float_image(ff.b)).max()) for ff in ffs])
+    return SCREEN_SLACK * (n1 * xmax + bmax) + 1e-300 * (1 + n1)
+
+
+def _apply_ff_run(X, ffs: list, xmax: float, sc: _Screen) -> None:
     """A run of narrow FFs: one screen, then each FF's reference formula on its candidates.
 
     A row is skipped by FF g only when a screen (with a slack far above rounding) proves all
     its pre-activations ≤ 0: the run's screen, or for a row that an earlier FF of the run
     changed, a new screen of that row right after the change. Then the reference formula
-    leaves it unchanged, so results agree with the dense pass up to BLAS summation order.
+    leaves it unchanged, so results agree with the dense pass up to BLAS summation order
+    (exactly, in exact mode).
     """
-    n1 = np.array([float(np.abs(ff.U).sum(axis=1).max()) for ff in ffs])  # |U·Δ| ≤ n1·|Δ|∞
-    bmax = np.array([float(np.abs(ff.b).max()) for ff in ffs])
-    delta = SCREEN_SLACK * (n1 * xmax + bmax) + 1e-300
+    Xf = X.floats() if isinstance(X, QMatrix) else X  # kept in sync by X[r] = …
+    delta = _slack(ffs, xmax)
     sc.pair_thr = sc.pair_thr - delta[sc.pair_ff]
     sc.prepare()
     found_rows, found_ff = [np.zeros(0, dtype=np.int64)], [np.zeros(0, dtype=np.int64)]
-    for r, c, t in chunks_above(X, sc.cols, sc.col_thr):
+    for r, c, t in chunks_above(Xf, sc.cols, sc.col_thr):
         r, pair = sc.hits(r, c, t)
         found_rows.append(r)
         found_ff.append(sc.pair_ff[pair])
@@ -246,14 +270,14 @@ def _apply_ff_run(X: np.ndarray, ffs: list, xmax: float, sc: _Screen) -> None:
             continue
         x = X[rows]
         pre = x @ ff.U.T + ff.b
-        on = (pre > 0).any(axis=1)
+        on = _positive(pre).any(axis=1)
         if not on.any():
             continue
         r = rows[on]
         X[r] = x[on] + nm.relu(pre[on]) @ ff.W.T
         changed[r] = True
         if g + 1 < len(ffs):  # changed rows: screened again for the FFs still to come
-            t = X[r] @ sc.cols.T
+            t = Xf[r] @ sc.cols.T
             i, c = np.nonzero(t > sc.col_thr)
             hit, pair = sc.hits(r[i], c, t[i, c])
             later = sc.pair_ff[pair] > g
@@ -300,6 +324,20 @@ def _apply_wide_ff(X: np.ndarray, ff, sc: _Screen) -> None:
         X[rows] += np.add.reduceat(pre[:, None] * WT[units], first, axis=0)
 
 
+def _positive(a) -> np.ndarray:
+    return a.positive() if isinstance(a, QMatrix) else a > 0
+
+
+def _apply_wide_ff_exact(X: QMatrix, ff, xmax: float, sc: _Screen) -> None:
+    """Exact mode's wide FF: its formula, exactly, on the rows the screen cannot rule out."""
+    sc.pair_thr = sc.pair_thr - _slack([ff], xmax)[0]
+    sc.prepare()
+    found = [r for r, _, _ in chunks_above(X.floats(), sc.cols, sc.col_thr)]
+    rows = np.unique(np.concatenate(found)) if found else np.zeros(0, dtype=np.int64)
+    if len(rows):
+        X[rows] = ff(X[rows])
+
+
 def run(model, sequences, stats: list | None = None, trace: list | None = None) -> list:
     """Outputs of ``model`` for many sequences at once (concatenated internally).
 
@@ -309,29 +347,30 @@ def run(model, sequences, stats: list | None = None, trace: list | None = None) 
     layer, with every FF evaluated on its own (no runs).
     """
     exact = model.exact or any(nm.is_exact(np.asarray(x)) for x in sequences)
-    xs = [nm.to_exact(x) if exact else np.asarray(x, dtype=np.float64) for x in sequences]
+    xs = [np.asarray(x) if exact else np.asarray(x, dtype=np.float64) for x in sequences]
     for j, x in enumerate(xs):
         if x.ndim != 2 or x.shape[1] != model.d:
             raise ValueError(f"sequence {j}: expected shape (n, {model.d}), got {x.shape}")
     lengths = np.array([len(x) for x in xs], dtype=np.int64)
     segments = np.concatenate([[0], np.cumsum(lengths)])
-    X = np.concatenate(xs) if xs else nm.zeros((0, model.d), exact)
+    if exact:  # exact mode: token states as a QMatrix (docs/exact.md)
+        X = nm.exact_rows(np.concatenate(xs) if xs else np.zeros((0, model.d)))
+    else:  # owned: the fast path works in place
+        X = np.array(np.concatenate(xs) if xs else np.zeros((0, model.d)), dtype=np.float64,
+                     order="C")
     if exact and not model.exact:
         model = model.as_exact()
     if trace is not None:
-        trace.append(("input", X.copy()))
-    fast = not exact
-    if fast:
-        X = np.array(X, dtype=np.float64, order="C")  # owned: the fast path works in place
-    groups = _ff_groups(model.blocks, single=trace is not None) if fast else {}
+        trace.append(("input", _snapshot(X)))
+    groups = _ff_groups(model.blocks, single=trace is not None)
     for l, blk in enumerate(model.blocks):
         if blk.ff is not None:
-            if not fast or l not in groups:
+            if l not in groups:
                 X = blk.ff(X)
             elif groups[l]:  # first block of a run of sparse FFs: apply the whole run
                 _apply_sparse_ffs(X, groups[l])
             if trace is not None:
-                trace.append((f"block {l} ff", X.copy()))
+                trace.append((f"block {l} ff", _snapshot(X)))
         if blk.sa is not None:
             observe = None
             if stats is not None and not blk.sa.uniform:
@@ -340,5 +379,11 @@ def run(model, sequences, stats: list | None = None, trace: list | None = None) 
                 observe = (lambda s: lambda *a: record_margins(s, *a))(st)
             X = blk.sa(X, segments, model.attention, model.temperature, observe=observe)
             if trace is not None:
-                trace.append((f"block {l} sa", X.copy()))
+                trace.append((f"block {l} sa", _snapshot(X)))
+    if exact:
+        X = X.to_fractions()
     return np.split(X, segments[1:-1])
+
+
+def _snapshot(X) -> np.ndarray:
+    return X.to_fractions() if isinstance(X, QMatrix) else X.copy()

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field, replace
 import numpy as np
 
 from . import numeric as nm
+from .rational import QMatrix
 
 FORMAT = "exactformer/1"
 ATTENTIONS = ("hardmax", "softmax")
@@ -43,7 +44,7 @@ class FeedForward:
         if len(X) <= rows:
             return self.eta * X + nm.relu(self.pre_activations(X)) @ self.W.T
         # wide layers (compact mode): bounded memory, same arithmetic row by row
-        return np.concatenate([self(X[i:i + rows], chunk_entries)
+        return nm.concatenate([self(X[i:i + rows], chunk_entries)
                                for i in range(0, len(X), rows)])
 
     def tensors(self) -> dict[str, np.ndarray]:
@@ -100,13 +101,14 @@ class SelfAttention:
         exact = nm.is_exact(X)
         out = self.rho * X
         if self.uniform:
-            counts = np.diff(segments)
-            sums = np.add.reduceat(VX, segments[:-1], axis=0) if len(VX) else VX
-            means = sums * nm.reciprocal_counts(counts, exact)[:, None]
-            return out + np.repeat(means, counts, axis=0)
+            return out + nm.repeat_rows(nm.segment_means(VX, segments), np.diff(segments))
         from .forward import length_buckets
 
         QX, KX = X @ self.Q.T, X @ self.K.T
+        if isinstance(X, QMatrix):  # exact hardmax: integer scores, the same formula
+            if attention != "hardmax":
+                raise ValueError("softmax attention has no exact rational forward pass")
+            return out + _exact_hardmax(QX, KX, VX, segments, observe)
         mixed = nm.zeros(X.shape, exact)
         for idx in length_buckets(segments):
             q, k, v = QX[idx], KX[idx], VX[idx]  # (B, n, ·)
@@ -126,6 +128,29 @@ class SelfAttention:
             if observe is not None:
                 observe(scores, mask, v, P if attention == "softmax" else None)
         return out + mixed
+
+
+def _exact_hardmax(QX: QMatrix, KX: QMatrix, VX: QMatrix, segments, observe):
+    """Σ_j P_ij V x_j for hardmax in exact arithmetic (:func:`exactformer.rational.hardmax_mix`).
+
+    ``observe`` sees the float images of the scores (margins are a report, not a proof) and
+    the exact argmax masks.
+    """
+    from .forward import length_buckets
+    from .rational import concatenate, hardmax_mix
+
+    order, parts = [], []
+    for idx in length_buckets(segments):
+        mixed, mask = hardmax_mix(QX, KX, VX, idx)
+        order.append(idx.ravel())
+        parts.append(mixed)
+        if observe is not None:
+            q, k = QX.floats()[idx], KX.floats()[idx]
+            observe(q @ np.swapaxes(k, 1, 2), mask, VX.floats()[idx], None)
+    out = QMatrix.zeros(VX.shape)
+    if parts:
+        out[np.concatenate(order)] = concatenate(parts)
+    return out
 
 
 @dataclass

@@ -114,7 +114,7 @@ def compile(dataset: Dataset, attention: str = "hardmax", compact: bool = False,
 def _build(dataset, analysis, attention, compact, exact, rng, progress) -> Transformer:
     """One generic draw of the construction (passes of docs/design.md §4-§5)."""
     X = np.concatenate(dataset.inputs)
-    state = TokenState(nm.to_exact(X) if exact else X.astype(np.float64, copy=True),
+    state = TokenState(nm.exact_rows(X) if exact else X.astype(np.float64, copy=True),
                        analysis.seq, analysis.value, analysis.segments, exact, dataset.scale)
     targets = nm.to_exact(analysis.targets) if exact else analysis.targets
     builder = ModelBuilder(state)

@@ -34,24 +34,37 @@ def plan_line(dest: Destinations, targets: np.ndarray, scale: float, exact: bool
 
     ``v = Aᵀ(cos φ, sin φ)`` with φ = -2·atan(1/5) ≈ -22.6° ∈ (-π/4, 0): the line coordinate
     is monotone along the main ray and along the satellite arc, so destinations stay spread.
+    Exact mode takes short dyadics instead (docs/exact.md): the direction ``(1, -1/2)``
+    (φ ≈ -26.6°), ``w`` with entries ±1, α and β rounded up to a few bits (α only grows
+    the line's spacing, β only lifts it further above the targets).
     """
-    t0 = Fraction(1, 5) if exact else 0.2
-    direction = nm.asarray([(1 - t0 * t0) / (1 + t0 * t0), -2 * t0 / (1 + t0 * t0)], exact)
+    if exact:
+        direction = nm.asarray([1, Fraction(-1, 2)], exact)
+        w = nm.asarray(rng.choice([-1, 1], size=dest.A.shape[1]), exact)  # |w|² = d ≥ 1
+    else:
+        t0 = 0.2
+        direction = nm.asarray([(1 - t0 * t0) / (1 + t0 * t0), -2 * t0 / (1 + t0 * t0)], exact)
     v = dest.A.T @ direction
     sigma = dest.pi @ direction
-    w = generic_unit(rng, dest.A.shape[1], exact)
+    if not exact:
+        w = generic_unit(rng, dest.A.shape[1], exact)
     top = max(max(targets @ w), 0)
     sc = nm.like(scale, exact)
     if exact:
-        sc = Fraction(sc).limit_denominator(1 << 20) + 1
+        sc = (nm.dyadic_above(sc) if sc > 0 else 0) + 1
     lo, hi = min(sigma), max(sigma)
     if fold:  # main ray only: every σ > 0, λ = α σ with β = 0
         alpha = (top + sc) / lo
+        alpha = nm.dyadic_above(alpha) if exact else alpha
         return Line(v, w, alpha, nm.like(0, exact), True)
     span = 2 * sc
     spacing = span / max(len(sigma), 1)
     alpha = span / (hi - lo) if hi != lo else nm.like(0, exact)
+    if exact and alpha > 0:
+        alpha = nm.dyadic_above(alpha)
     beta = top + spacing - alpha * lo
+    if exact:
+        beta = nm.dyadic_in(beta, beta + spacing / 2)
     return Line(v, w, alpha, beta, False)
 
 
@@ -166,7 +179,7 @@ def snap_all(builder: ModelBuilder, dest: Destinations, targets: np.ndarray, lin
              compact: bool, progress=None, widen: bool = False) -> int:
     """Snap layers from the highest cluster down; returns the number of snap layers.
 
-    Float mode simulates each layer on its own clusters' tokens only (docs/design.md §4 step 4),
+    Each layer is simulated on its own clusters' tokens only (docs/design.md §4 step 4),
     with ``s = X·w`` computed once. Every other token has all ReLUs exactly 0, so ``x + 0``
     leaves it bit-for-bit unchanged:
 
@@ -179,34 +192,36 @@ def snap_all(builder: ModelBuilder, dest: Destinations, targets: np.ndarray, lin
     The second point depends on the rounding of the earlier snaps. One pass ``X·w`` at the
     end checks it: every token must end below halfway to the lowest threshold. Tokens of a
     cluster are untouched until their own layer, so the precomputed ``s`` is still exact there.
-    Exact mode applies every layer to all tokens.
+    In exact mode there is no rounding and the argument is a proof: no check is needed.
     """
     st = builder.state
-    s = None if st.exact else st.X @ line.w
+    if st.exact:
+        s = (st.X @ line.w.reshape(-1, 1)).to_fractions()[:, 0]
+    else:
+        s = st.X @ line.w
     clusters, top_target, tokens = _clusters(builder, dest, targets, line.w, widen, s)
     floors = [top_target] + [c.high for c in clusters[:-1]]
     chunks: list[tuple[int, int]] = []  # [i, j) cluster ranges, top chunk first
     hi = len(clusters)
-    costs = _unit_costs(line.w, floors, clusters) if compact and not st.exact and hi else None
+    # exact mode has no rounding, but one layer for all clusters costs tokens × clusters:
+    # it takes the float mode's layers (the same block count), from float images
+    costs = _unit_costs(nm.to_float(line.w), [float(f) for f in floors],
+                        clusters) if compact and hi else None
     while hi > 0:
         if not compact:
             lo = hi - 1
-        elif st.exact:  # no rounding: one layer
-            lo = 0
         else:
             lo = _chunk_start(costs, clusters, hi, SNAP_BUDGET * st.scale)
         chunks.append((lo, hi))
         hi = lo
     for n, (lo, hi) in enumerate(chunks):
         group = [(c.low, c.high, c.target) for c in clusters[lo:hi]]
-        where = None
-        if s is not None:
-            rows = tokens[lo] if hi == lo + 1 else np.concatenate(tokens[lo:hi])
-            where = [_Rows(rows, s[rows])]
-        builder.add_units([snap(line.w, floors[lo], group, st.exact)], "snap", where)
+        rows = tokens[lo] if hi == lo + 1 else np.concatenate(tokens[lo:hi])
+        builder.add_units([snap(line.w, floors[lo], group, st.exact)], "snap",
+                          [_Rows(rows, s[rows])])
         if progress is not None and (n % 16 == 0 or n + 1 == len(chunks)):
             progress("snap", n + 1, len(chunks))
-    if s is not None and clusters:
+    if not st.exact and clusters:
         _check_landed(st.X @ line.w, top_target, clusters[0].low)
     return len(chunks)
 

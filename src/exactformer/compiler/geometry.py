@@ -13,6 +13,7 @@ import numpy as np
 
 from .. import numeric as nm
 from ..craft import broadcast
+from ..rational import QMatrix, rounding_bound
 from ..screen import pairs_above
 from ..tolerances import (
     COPY,
@@ -52,7 +53,8 @@ def exact_duplicates(points: np.ndarray) -> np.ndarray:
     """Pairs ``(i, j)``, i < j, of exactly equal rows (exact mode: distinct means unequal)."""
     seen: dict = {}
     pairs = []
-    for i, row in enumerate(map(tuple, points)):
+    rows = points.row_keys() if isinstance(points, QMatrix) else map(tuple, points)
+    for i, row in enumerate(rows):
         if row in seen:
             pairs.append((seen[row], i))
         else:
@@ -121,13 +123,61 @@ def trapezoid_along(t: np.ndarray, mine: np.ndarray, v: np.ndarray,
 
 def find_trapezoid(X: np.ndarray, mine: np.ndarray, v: np.ndarray,
                    min_ratio: float = MIN_GAP) -> Trapezoid | None:
-    """:func:`trapezoid_along` the direction ``v``."""
+    """:func:`trapezoid_along` the direction ``v`` (exact mode: :func:`exact_trapezoid`)."""
+    if isinstance(X, QMatrix):
+        tf = X.floats() @ nm.to_float(v)
+        floor = float(tf[mine[0]]) - GAP_CAP * float(tf.max() - tf.min())
+        return exact_trapezoid(X, mine, v, floor, np.arange(len(X)), tf)
     return trapezoid_along(X @ v, mine, v, min_ratio)
 
 
 def _rational(v: np.ndarray) -> np.ndarray:
-    """A simple rational direction close to the float one (keeps exact weights small)."""
-    return np.array([Fraction(float(c)).limit_denominator(1 << 10) for c in v], dtype=object)
+    """A short dyadic direction close to the float one (keeps exact weights small)."""
+    return nm.to_exact(dyadic_direction(v))
+
+
+def dyadic_direction(v: np.ndarray) -> np.ndarray:
+    """``v`` rounded to multiples of 2⁻¹⁰: floats that are exactly the rationals used."""
+    return np.round(np.asarray(v, dtype=np.float64) * 1024) / 1024
+
+
+def screen_slack(X: QMatrix, v: np.ndarray) -> float:
+    """Bound on ``|⟨v, x⟩ − fl(⟨v, fl(x)⟩)|`` over the tokens, for a dyadic float ``v``."""
+    xmax = float(np.abs(X.floats()).max()) if len(X) else 0.0
+    return rounding_bound(xmax, float(np.abs(v).sum()), X.shape[1])
+
+
+def exact_trapezoid(X: QMatrix, mine: np.ndarray, v, floor: float, rows: np.ndarray,
+                    t_rows: np.ndarray) -> Trapezoid | None:
+    """Exact mode: the trapezoid of ``X[mine]`` along the dyadic direction ``v``, as a proof.
+
+    ``rows`` must hold every token whose exact ``⟨v, x⟩`` may exceed ``floor``, ``t_rows``
+    their float coordinates (a screen of the float image; tokens left out are below
+    ``floor`` by a rounding bound). Only rows above ``floor`` minus that bound are computed
+    exactly. The gap is capped by ``floor`` (see :func:`trapezoid_along`), then centre and
+    gap are rounded to short dyadics that keep the copies on the plateau and every other
+    token off the support; ``rows`` of the result are the tokens the layer can touch.
+    """
+    vf = nm.to_float(v)
+    slack = screen_slack(X, vf)
+    keep = t_rows > floor - 2 * slack
+    cand = np.asarray(rows)[keep]
+    at = np.searchsorted(cand, mine)
+    if np.any(at >= len(cand)) or np.any(cand[np.minimum(at, len(cand) - 1)] != mine):
+        return None
+    v = nm.to_exact(vf)
+    t = (X[cand] @ v.reshape(-1, 1)).to_fractions()[:, 0]
+    trap = trapezoid_along(t, at, v, floor=Fraction(floor))
+    if trap is None:
+        return None
+    tz = t[at[0]]
+    if np.all(t[at] == tz):  # copies coincide (always, in exact mode): short numbers
+        gap = nm.dyadic_below(trap.gap, 1)  # a power of two in (gap/2, gap]
+        step = gap / 8
+        trap.center, trap.gap = round(tz / step) * step, gap
+    on = t > trap.center - trap.gap / 2
+    trap.rows, trap.t_rows = cand[on], t[on]
+    return trap
 
 
 def first_choice(Z: np.ndarray, reference: np.ndarray, away: np.ndarray | None = None):
@@ -161,11 +211,12 @@ def choose_trapezoid(X: np.ndarray, mine: np.ndarray, rng: np.random.Generator,
     spread), since rounding on the tokens above a trapezoid grows like spread / gap.
     """
     exact = nm.is_exact(X)
-    z = nm.to_float(X[mine]).mean(axis=0)
+    Xf = X.floats() if isinstance(X, QMatrix) else X
+    z = Xf[mine].mean(axis=0)
     if reference is None:
-        reference = nm.to_float(X).mean(axis=0)
+        reference = Xf.mean(axis=0)
     best = None
-    V, ok = first_choice(z, reference, None if exact else away)
+    V, ok = first_choice(z, reference, away)
     first = V[0] if ok[0] else None
     for attempt in range(tries):
         if attempt == 0:
@@ -175,7 +226,7 @@ def choose_trapezoid(X: np.ndarray, mine: np.ndarray, rng: np.random.Generator,
             tilt = 0.05 * attempt
             if first is not None and attempt < tries // 2:
                 v = first + tilt * v
-                if away is not None and not exact and len(away) < len(v) - 1:
+                if away is not None and len(away) < len(v) - 1:
                     v = v - (away @ v) @ away
             v = v / np.linalg.norm(v)
         if v is None:
@@ -207,9 +258,16 @@ class CandidateScreen:
 
     def __init__(self, X: np.ndarray, mines: list, V: np.ndarray, spread: float):
         self.mines, self.V, self.spread = mines, V, spread
+        self.exact = isinstance(X, QMatrix)
+        if self.exact:  # float image, dyadic directions; keep rows a rounding bound lower
+            self.V = V = dyadic_direction(V)
+            Xq, X = X, X.floats()
         tz = np.array([float(np.mean(X[m] @ v)) for m, v in zip(mines, V)])
         self.floor = tz - GAP_CAP * spread
-        rows, cols, _ = pairs_above(X, V, self.floor)
+        low = self.floor
+        if self.exact:
+            low = self.floor - 2 * np.array([screen_slack(Xq, v) for v in V])
+        rows, cols, _ = pairs_above(X, V, low)
         order = np.argsort(cols, kind="stable")
         cuts = np.searchsorted(cols[order], np.arange(len(mines) + 1))
         self.rows = [np.sort(rows[order[cuts[i]:cuts[i + 1]]]) for i in range(len(mines))]
@@ -221,6 +279,9 @@ class CandidateScreen:
             rows = np.union1d(rows, changed)
         if len(rows) == 0:
             return None
+        if self.exact:
+            return exact_trapezoid(X, self.mines[i], self.V[i], self.floor[i], rows,
+                                   X.floats()[rows] @ self.V[i])
         mine = np.searchsorted(rows, self.mines[i])
         if np.any(mine >= len(rows)) or np.any(rows[np.minimum(mine, len(rows) - 1)]
                                                != self.mines[i]):
@@ -253,15 +314,16 @@ def choose_trapezoids(X: np.ndarray, mines: list, rng: np.random.Generator,
     The first-choice directions are screened together (:class:`CandidateScreen`); points
     not well isolated along theirs fall back to :func:`choose_trapezoid`.
     """
-    if nm.is_exact(X) or not mines:
-        return [choose_trapezoid(X, m, rng, reference) for m in mines]
-    Z = np.stack([X[m].mean(axis=0) for m in mines])
+    if not mines:
+        return []
+    Xf = X.floats() if isinstance(X, QMatrix) else X
+    Z = np.stack([Xf[m].mean(axis=0) for m in mines])
     V, ok = first_choice(Z, reference, away)
-    screen = CandidateScreen(X, mines, V, spread_bound(X, reference))
+    screen = CandidateScreen(X, mines, V, spread_bound(Xf, reference))
     out: list[Trapezoid] = []
     for i, mine in enumerate(mines):
         trap = screen.find(i, X) if ok[i] else None
-        good = trap is not None and trap.quality >= GOOD_GAP
+        good = trap is not None and (screen.exact or trap.quality >= GOOD_GAP)
         out.append(trap if good else choose_trapezoid(X, mine, rng, reference, away=away))
     return out
 
@@ -358,14 +420,14 @@ def broadcast_and_classify(builder, rng: np.random.Generator,
     """
     st = builder.state
     d = st.d
-    counts = np.diff(st.segments)
     for _ in range(tries):
-        M = generic_positive(rng, d * d, st.exact, low=0.0, high=0.5).reshape(d, d) / d
+        # exact mode divides by a power of two ≥ d: M stays dyadic (short numbers)
+        M = generic_positive(rng, d * d, st.exact, low=0.0, high=0.5).reshape(d, d) / (
+            1 << (d - 1).bit_length() if st.exact else d)
         M = M + np.eye(d, dtype=M.dtype) * nm.like(1, st.exact)
-        means = np.add.reduceat(st.X, st.segments[:-1], axis=0) * nm.reciprocal_counts(
-            counts, st.exact)[:, None]
+        means = nm.segment_means(st.X, st.segments)
         c = st.scale / max(nm.max_abs(means @ M.T), 1e-300)  # shifts of about one scale
-        c = Fraction(c).limit_denominator(1 << 20) if st.exact else c
+        c = Fraction(2) ** round(np.log2(c)) if st.exact else c
         layer = broadcast(c * M)
         X_new = layer(st.X, st.segments)
         scale = max(nm.max_abs(X_new), st.scale)

@@ -71,15 +71,18 @@ def plan_destinations(builder: ModelBuilder, analysis: Analysis, rng) -> Destina
     dest_target = np.concatenate([main_targets, sat_targets]).astype(np.int64)
 
     A = _positive_plane(rng, st.d, st.exact)
-    P = st.X @ A.T
-    if st.exact:
-        R = max(abs(a) + abs(b) for a, b in P)  # rational bound on |π| (no square roots)
+    if st.exact:  # a power of two ≥ |π|₁ ≥ |π|: short destinations (docs/exact.md)
+        P = st.floats() @ nm.to_float(A).T
+        R = nm.dyadic_above(float(np.max(np.abs(P).sum(axis=1))) * (1 + 1e-9) + 1e-300, 1)
     else:
+        P = st.X @ A.T
         R = float(np.max(np.linalg.norm(P, axis=1)))
     half = Fraction(1, 2) if st.exact else 0.5
+    # exact mode: n_main rounded up to a power of two, so that every ρ_k is dyadic
+    slots = 1 << (n_main - 1).bit_length() if st.exact else n_main
     pis = []
     for k in range(n_main):  # main ray: π = ρ_k (1, 1), ρ_k ∈ (1.5 R, 2.5 R)
-        rho = R * (3 * half + (k + half) / n_main)
+        rho = R * (3 * half + (k + half) / slots)
         pis.append([rho, rho])
     for k in range(len(sat_targets)):  # arc κ(t²-1, -2t)/(1+t²), t ∈ (0,1): angle in (π, 3π/2)
         t = (k + half) / len(sat_targets)
@@ -111,12 +114,11 @@ def _outermost_points(st, pid: np.ndarray, classes: np.ndarray, first: np.ndarra
     (measured at N = 1000, n = 100, d = 16: 94 % of the moves against 12 % for first
     tokens, and no move has more than a few tokens above it, where a first token's could
     have half of all tokens).
-    Satellites (prefix points with another target) are not eligible. Exact mode keeps the
-    first token: there every gap is a proof and rounding plays no role.
+    Satellites (prefix points with another target) are not eligible. Exact mode chooses
+    from the float image: few tokens above a leader mean few rows computed exactly.
     """
-    if st.exact:
-        return first
-    Xc = st.X - st.X.mean(axis=0)
+    Xf = st.floats()
+    Xc = Xf - Xf.mean(axis=0)
     r = np.einsum("ij,ij->i", Xc, Xc)
     ok = ~np.isin(pid, np.fromiter(satellites, dtype=np.int64, count=len(satellites)))
     tok = np.flatnonzero(ok)
@@ -145,39 +147,37 @@ def place_leaders(builder: ModelBuilder, dest: Destinations, rng, compact: bool,
     starts = np.searchsorted(pid[order], np.arange(pid.max() + 2))
     reference = st.floats().mean(axis=0)
     mines = [order[starts[p]:starts[p + 1]] for p, _ in dest.moves]
-    away = None if st.exact else np.linalg.qr(np.vstack([dest.A, reference]).T)[0].T
+    away = np.linalg.qr(np.vstack([nm.to_float(dest.A), reference]).T)[0].T
     if compact:  # every move reads the same input: one batched direction search
         traps = choose_trapezoids(st.X, mines, rng, reference, away)
-        layers = [point_move(t.v, t.center, t.gap, dest.point[k] - st.X[m[0]], t.top)
+        layers = [point_move(t.v, t.center, t.gap, dest.point[k] - nm.row(st.X, m[0]), t.top)
                   for t, m, (_, k) in zip(traps, mines, dest.moves)]
         builder.add_units(layers, "point moves", traps)
         if progress is not None:
             progress("leaders", len(layers), len(layers))
         return
     # moves change leaders only, onto destinations: one bound on the spread holds throughout
-    spread = None if st.exact else spread_bound(st.X, reference, nm.to_float(dest.point))
+    spread = spread_bound(st.floats(), reference, nm.to_float(dest.point))
     todo = list(zip(mines, dest.moves))
     for b in range(0, len(todo), MOVES_PER_SCREEN):
         block = todo[b:b + MOVES_PER_SCREEN]
-        screen, changed = None, np.zeros(0, dtype=np.int64)
-        if not st.exact:
-            Z = np.stack([st.X[m].mean(axis=0) for m, _ in block])
-            V, ok = first_choice(Z, reference, away)
-            screen = CandidateScreen(st.X, [m for m, _ in block], V, spread)
+        changed = np.zeros(0, dtype=np.int64)
+        Z = np.stack([st.floats()[m].mean(axis=0) for m, _ in block])
+        V, ok = first_choice(Z, reference, away)
+        screen = CandidateScreen(st.X, [m for m, _ in block], V, spread)
         for i, (mine, (_, k)) in enumerate(block):
-            trap = screen.find(i, st.X, changed) if screen is not None and ok[i] else None
-            if trap is None or trap.quality < GOOD_GAP:
+            trap = screen.find(i, st.X, changed) if ok[i] else None
+            if trap is None or (not st.exact and trap.quality < GOOD_GAP):
                 trap = choose_trapezoid(st.X, mine, rng, reference, away=away)
-            layer = point_move(trap.v, trap.center, trap.gap, dest.point[k] - st.X[mine[0]],
-                               trap.top)
+            layer = point_move(trap.v, trap.center, trap.gap,
+                               dest.point[k] - nm.row(st.X, mine[0]), trap.top)
             known = trap.rows
-            before = None if known is None or screen is None else st.X[known]
+            before = None if known is None or st.exact else st.X[known]
             touched = builder.add_units([layer], "point move", [trap])
-            if screen is not None:
-                if before is not None:  # rows above the trapezoid only pick up rounding
-                    drift = np.linalg.norm(st.X[known] - before, axis=1)
-                    touched = known[drift > DRIFT * spread]
-                changed = np.union1d(changed, touched)
+            if before is not None:  # rows above the trapezoid only pick up rounding
+                drift = np.linalg.norm(st.X[known] - before, axis=1)
+                touched = known[drift > DRIFT * spread]
+            changed = np.union1d(changed, touched)
             n = b + i + 1
             if progress is not None and (n % 16 == 0 or n == len(mines)):
                 progress("leaders", n, len(mines))
@@ -194,7 +194,7 @@ def collapse_attention(dest: Destinations, line=None) -> SelfAttention:
 def check_collapsed(builder: ModelBuilder, dest: Destinations, tol: float) -> None:
     """Every token must sit on (within ``tol`` × scale of) its destination's line point / point."""
     st = builder.state
-    want = dest.point[dest.token_dest]
-    err = nm.max_abs(nm.to_float(st.X) - nm.to_float(want))
+    want = nm.to_float(dest.point)[dest.token_dest]
+    err = nm.max_abs(st.floats() - want)
     if err > tol * max(st.scale, nm.max_abs(want)):
         raise InternalError(f"internal: the collapse missed its destinations by {err:.3g}")

@@ -72,7 +72,8 @@ def split_classes(builder: ModelBuilder, analysis: Analysis, rng: np.random.Gene
             mine_token = np.flatnonzero((st.cls[st.seq] == c) & (st.value == v))[0]
             mine = np.flatnonzero(pid == pid[mine_token])
             trap = choose_trapezoid(st.X, mine, rng)
-            delta = generic_positive(rng, st.d, st.exact) * nm.like(st.scale, st.exact)
+            size = nm.dyadic_above(st.scale) if st.exact else st.scale  # short in exact mode
+            delta = generic_positive(rng, st.d, st.exact) * size
             units.append(point_move(trap.v, trap.center, trap.gap, delta, trap.top))
             traps.append(trap)
         builder.add_units(units, "split move", traps)

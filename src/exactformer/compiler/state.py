@@ -20,7 +20,7 @@ from ..model import Block, FeedForward, SelfAttention
 class TokenState:
     """All tokens of all sequences, concatenated, with their ids."""
 
-    X: np.ndarray  # (T, d) current values (float64, or Fractions in exact mode)
+    X: np.ndarray  # (T, d) current values (float64, or a QMatrix in exact mode)
     seq: np.ndarray  # (T,) sequence index
     value: np.ndarray  # (T,) id of the original value (equal input rows share it)
     segments: np.ndarray  # (N+1,) start offsets of the sequences, then T
@@ -42,8 +42,11 @@ class TokenState:
         return np.unique(key, return_inverse=True)[1].ravel()
 
     def floats(self) -> np.ndarray:
-        """The current values as float64 (for checks and gaps; exact mode converts)."""
-        return nm.to_float(self.X) if self.exact else self.X
+        """The current values as float64 (for checks, gaps and screens; do not modify).
+
+        Exact mode: the cached float image of the QMatrix (correctly rounded entries).
+        """
+        return self.X.floats() if self.exact else self.X
 
 
 @dataclass
@@ -52,11 +55,18 @@ class ModelBuilder:
 
     state: TokenState
     blocks: list[Block] = field(default_factory=list)
+    state_bits: int = 0  # exact mode: largest bit length of a token state seen so far
+
+    def _bits(self, rows=None) -> None:
+        if self.state.exact:
+            X = self.state.X if rows is None else self.state.X[rows]
+            self.state_bits = max(self.state_bits, X.bit_length())
 
     def add_ff(self, ff: FeedForward, kind: str) -> None:
         """Start a new block with this feed-forward layer and simulate it on every token."""
         self.blocks.append(Block(ff=ff, kind=kind))
         self.state.X = ff(self.state.X)
+        self._bits()
 
     def add_units(self, bundles: list[Units], kind: str, where: list | None = None) -> np.ndarray:
         """Start a new block with the layer ``x + Σ bundles`` and simulate it bundle by bundle.
@@ -71,9 +81,12 @@ class ModelBuilder:
         ff = feed_forward(bundles)
         self.blocks.append(Block(ff=ff, kind=kind))
         X = self.state.X
-        if self.state.exact:
-            self.state.X = ff(X)
-            return np.arange(len(X))
+        if self.state.exact:  # the layer's formula, exactly, on the rows it can change
+            rows = _exact_candidates(ff, bundles, X, where)
+            if len(rows):
+                X[rows] = ff(X[rows])
+                self._bits(rows)
+            return rows
         single = len(bundles) == 1  # strict mode: update the rows directly
         if not single:  # every bundle reads the same X: accumulate, memory O(tokens)
             delta = np.zeros_like(X)
@@ -112,6 +125,32 @@ class ModelBuilder:
         if X_new is None:
             X_new = sa(self.state.X, self.state.segments, attention, temperature)
         self.state.X = X_new
+        self._bits()
+
+
+def _exact_candidates(ff: FeedForward, bundles: list[Units], X, where) -> np.ndarray:
+    """Rows where some unit of the layer may be on (exact mode), all others provably off.
+
+    A bundle's known rows (a trapezoid's or a snap's, found by an exact argument) are taken
+    as they are; otherwise the float image screens: a unit is off where its float64
+    pre-activation is below minus a bound on its distance to the exact one
+    (:func:`exactformer.rational.rounding_bound`).
+    """
+    from ..rational import rounding_bound
+
+    found = []
+    for i, u in enumerate(bundles):
+        known = where[i] if where is not None else None
+        if known is not None and known.rows is not None:
+            found.append(np.asarray(known.rows, dtype=np.int64))
+            continue
+        Xf = X.floats()
+        Uf, bf = nm.to_float(u.U), nm.to_float(u.b)
+        xmax = float(np.abs(Xf).max()) if len(Xf) else 0.0
+        slack = rounding_bound(xmax, float(np.abs(Uf).sum(axis=1).max()), X.shape[1] + 1)
+        slack += 4 * rounding_bound(float(np.abs(bf).max()), 1.0, 1)
+        found.append(np.flatnonzero((Xf @ Uf.T + bf > -slack).any(axis=1)))
+    return np.unique(np.concatenate(found)) if found else np.zeros(0, dtype=np.int64)
 
 
 def _bundle_steps(u: Units, X: np.ndarray, rows: np.ndarray, t, chunk_entries: int = 1 << 22):

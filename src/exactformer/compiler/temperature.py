@@ -11,8 +11,6 @@ a target) make the output exact anyway.
 
 from __future__ import annotations
 
-from fractions import Fraction
-
 import numpy as np
 
 from .. import numeric as nm
@@ -87,9 +85,9 @@ def softmax_collapse(st: TokenState, dest: Destinations, layer: SelfAttention, l
     :mod:`exactformer.certify` then proves the model in ball arithmetic.
     """
     tau = choose_temperature(st, dest, line, targets)
-    if st.exact:  # τ is the float itself, read as a rational: the file stores it exactly
-        ideal = dest.point[dest.token_dest]
-        return Fraction(tau), ideal @ layer.value_matrix().T
+    if st.exact:  # τ a short dyadic below the bound (smaller τ: a sharper collapse)
+        ideal = nm.exact_rows(dest.point)[dest.token_dest]
+        return nm.dyadic_below(tau), ideal @ layer.value_matrix().T
     _, lam_dest, spacing = line_coordinates(st, dest, line, targets)
     alpha, v = float(line.alpha), nm.to_float(line.v)
     for _ in range(tries):

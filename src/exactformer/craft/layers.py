@@ -126,15 +126,15 @@ def snap(w: np.ndarray, floor, clusters: list[tuple], exact: bool) -> Units:
     w2 = w @ w
     unit = w / w2
     low0 = clusters[0][0]
-    b1 = floor + (low0 - floor) / 3
-    b2 = floor + 2 * (low0 - floor) / 3
+    b1 = nm.split_point(floor, low0, 1, 3, exact)  # exact mode: short dyadics near the thirds
+    b2 = nm.split_point(floor, low0, 2, 3, exact)
     y0 = clusters[0][2]
     c1 = (y0 - b2 * unit) / (b2 - b1)
     c2 = -unit - c1
     thresholds, coefs = [b1, b2], [c1, c2]
     for (_, high, y_lo), (low, _, y_hi) in zip(clusters[:-1], clusters[1:]):
-        a = high + (low - high) / 3
-        e = high + 2 * (low - high) / 3
+        a = nm.split_point(high, low, 1, 3, exact)
+        e = nm.split_point(high, low, 2, 3, exact)
         jump = (y_hi - y_lo) / (e - a)
         thresholds += [a, e]
         coefs += [jump, -jump]
