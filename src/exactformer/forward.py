@@ -11,7 +11,7 @@ candidate rows only. Rows that an FF of the run changes are screened again for t
 after it (a stale screen never hides an active ReLU). A wide FF (compact mode) is a run by
 itself and is evaluated unit by unit from the screen: its units read a few directions
 each, and a token is above few of them. The plain dense formula (every layer on every
-token) is the reference the tests compare against (docs/design.md §3).
+token) is the reference the tests compare against (docs/design.md §1).
 
 Attention layers can report, per layer, the smallest relative score margin between a
 token's argmax set and the distinct tokens (and for softmax the weight off the argmax
@@ -95,7 +95,7 @@ def record_margins(stats, scores, mask, values, P) -> None:
 
 
 
-_RUN_FFS = 128  # FFs per screened run (measured best: 32 → 128 halved a 2001-block verify)
+_RUN_FFS = 128  # FFs per screened run
 _RUN_COLUMNS = 128  # distinct U rows per screened run
 # units per run: an FF's candidates include the rows of the FFs before it in the run that
 # read its direction (compact snaps: ~7000 rows each), so long runs of wide FFs hold a

@@ -15,8 +15,8 @@ import numpy as np
 
 _U32 = float(np.finfo(np.float32).eps) / 2  # unit roundoff of float32
 CHUNK_ENTRIES = 1 << 20  # tokens × directions per float32 block (4 MB)
-# The products run on one BLAS thread: on a loaded 2-core machine OpenBLAS's threads made
-# this screen 3.6× slower (measured 9.5 s against 2.6 s for 10⁹ pairs).
+# The products run on one BLAS thread: on a loaded machine OpenBLAS's threads slow this
+# memory-bound screen down.
 CHUNK_ROWS = (64, 8192)
 FLOAT32_FROM = 8  # directions: below this many the float64 product alone is as fast
 COLUMN_BLOCK = 1024  # directions per float32 product

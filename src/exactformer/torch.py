@@ -260,7 +260,7 @@ class TorchTransformer(HookedModule, nn.Module):
         """Twin of a numpy model; rational (exact) weights are rounded to float64.
 
         The rationals are remembered: :meth:`save` writes them back as long as no weight
-        has changed, so an exact model's file round-trips with its proof (docs/design.md §3).
+        has changed, so an exact model's file round-trips with its proof (docs/design.md §2).
         """
         model.float_model()  # refuses an exact model whose floats do not certify
         blocks = []

@@ -357,7 +357,7 @@ def least_norm_point(A: np.ndarray, pi: np.ndarray) -> np.ndarray:
 
 def _components(n: int, rows, cols) -> np.ndarray:
     """Connected components of the undirected graph on n nodes with edges (rows, cols)."""
-    if len(rows) == 0:  # no edges (typical: all means apart): skip importing scipy (~0.3 s)
+    if len(rows) == 0:  # no edges (typical: all means apart): skip importing scipy (slow)
         return np.arange(n)
     from scipy.sparse import coo_matrix  # imported here: keeps CLI start-up short
     from scipy.sparse.csgraph import connected_components
@@ -372,8 +372,8 @@ def _classes(st, means: np.ndarray, tol, rng) -> np.ndarray:
     Classes only split: the old class is part of the key, so this refines ``st.cls``.
     Graph nodes: the sequences, then one per (old class, mean cluster, value), numbered in
     lexicographic order of that triple. The triple is packed into one int64 (the first two
-    are per sequence, ranked first), so the sort is 1-D: np.unique(axis=0) on the (T, 3)
-    triples took ~1.2 s at 10⁶ tokens.
+    are per sequence, ranked first), so the sort is 1-D instead of np.unique(axis=0) on
+    (T, 3) rows.
     """
     N = st.n_sequences
     if st.exact:
@@ -407,7 +407,8 @@ def broadcast_and_classify(builder, rng: np.random.Generator,
                            tries: int = 8) -> None:
     """Uniform attention ``V = c·M`` (fresh generic positive M), then refine the classes.
 
-    docs/design.md §4 step 1 uses a rank-one ``V = c·e·uᵀ``; then copies of one value in two
+    The published construction uses a rank-one ``V = c·e·uᵀ`` (docs/design.md §4 step 1
+    argues the change); then copies of one value in two
     sequences end ``c·|⟨u, μ_A − μ_B⟩|·|e|`` apart, and over N sequences the smallest such
     projection shrinks like 1/N² (seen: 1e-8 × scale at N = 1000 on data drawn from a small
     vocabulary), below what a trapezoid can isolate. A generic positive M of full rank

@@ -105,8 +105,9 @@ def _outermost_points(st, pid: np.ndarray, classes: np.ndarray, first: np.ndarra
                       satellites: set) -> np.ndarray:
     """Per class, the main leader: its point farthest from the mean of all tokens.
 
-    docs/design.md §4 step 3 takes the first token of the group's first sequence. Any point of the
-    group whose tokens may all output the main target serves as well (the collapse sends
+    The published construction takes the first token of the group's first sequence
+    (docs/design.md §4 step 3 argues the change). Any point of the group whose tokens may
+    all output the main target serves as well (the collapse sends
     every non-leader to the main leader, and the first token's target *is* the main
     target), so the block count does not change. The outermost one is the cheapest to
     move: along ``z − mean`` it is almost always the top of all tokens, so its trapezoid

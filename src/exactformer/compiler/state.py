@@ -73,7 +73,7 @@ class ModelBuilder:
 
         A bundle whose units all read one direction v (point moves, snaps) is evaluated only
         on the rows where one of its ReLUs is on; every other row is bit-for-bit unchanged
-        (x + 0). This keeps a 4000-unit compact layer on 10⁵ tokens cheap (docs/design.md §4).
+        (x + 0), so a wide compact layer costs what its active rows cost (docs/design.md §4).
         ``where``: per bundle, an object with ``rows`` and ``t_rows`` (the candidate rows and
         their coordinate along the bundle's direction, e.g. a Trapezoid) found earlier.
         Returns the rows the layer may have changed (all rows in exact mode).

@@ -72,8 +72,8 @@ def unique_rows(X: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
     ``ids`` equals ``np.unique(X, axis=0, return_inverse=True)[1]`` (distinct rows ranked
     lexicographically), so every later tie-break by id is unchanged, and ``X[first]`` is
-    np.unique's array of rows. np.unique sorts the rows with a generic comparison (~4.5 s at
-    10⁶ rows of d = 16). Here: a 64-bit hash of each row's bytes, a sort of the hashes, a
+    np.unique's array of rows. np.unique sorts the rows with a generic (slow) comparison;
+    here: a 64-bit hash of each row's bytes, a sort of the hashes, a
     check that the rows sharing a hash are bit-for-bit equal (a collision falls back to
     np.unique), and a lexicographic sort of the distinct rows by column 0, ties by lexsort.
     Bitwise equality is value equality once the caller has turned -0.0 into 0.0 and ruled
@@ -187,9 +187,10 @@ def _check_feasible(dataset: Dataset, a: Analysis) -> None:
 def check_float_separable(dataset: Dataset, a: Analysis) -> None:
     """Float mode: distinct input values closer than 1e-7 × scale cannot be told apart robustly.
 
-    docs/design.md §4 separates distinct points by at least 1e-7 × scale before it moves them;
-    two input values nearer than that (e.g. one ulp apart) would need layers with
-    weights ~ scale/gap, where rounding swamps the result. Exact mode has no such limit.
+    The construction keeps distinct points at least DISTINCT = 1e-7 × scale apart before it
+    moves them (docs/design.md §4 step 1); two input values nearer than that (e.g. one ulp
+    apart) would need layers with weights ~ scale/gap, where rounding swamps the result.
+    Exact mode has no such limit.
     """
     X = np.concatenate(dataset.inputs)
     first = a.value_first

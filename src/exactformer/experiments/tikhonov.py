@@ -9,7 +9,7 @@ L and its penalty are kept separately in ``results.json``.
 
 Which θ_exact and which architecture. The bound holds for an exact θ *of the trained
 architecture*, so we train exactly the architecture the compiler emits for these data
-(docs/design.md §4: 21 blocks, FF widths ≤ 4, one uniform and one rank-2 attention, factored V;
+(docs/design.md §4; here 21 blocks, FF widths ≤ 4, one uniform and one rank-2 attention, factored V;
 identity layers stay parameter-free), with hardmax run as softmax at τ = 1 (the surrogate),
 and take θ_exact = our compiled weights after :func:`exactformer.training.balance` (exact
 rescaling symmetries, bit-identical outputs, ‖θ‖² ÷ ~600). Its loss under the surrogate
