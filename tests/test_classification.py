@@ -33,7 +33,7 @@ def test_classification_bound_and_exactness(seed, n_seq, n_classes, d, attention
     assert model.n_blocks <= n_seq + C + 1 + model.info["split_rounds"] + (
         attention == "softmax")
     assert model.width <= 4 and model.rank <= 2
-    np.testing.assert_array_equal(predict(model, xs, ds.codes), labels)
+    np.testing.assert_array_equal(ds.classes[predict(model, xs, ds.codes)], labels)
 
 
 def test_permuted_sequences_with_different_labels_are_infeasible():
@@ -51,8 +51,10 @@ def test_user_codes_and_bad_codes():
     np.testing.assert_allclose(model(xs[1])[0], codes[1], atol=1e-13)
     with pytest.raises(DatasetError, match="share one code"):
         from_labels(xs, [0, 1, 1, 0], np.ones((2, 2)))
-    with pytest.raises(DatasetError, match="codes must be"):
+    with pytest.raises(DatasetError, match="label 2 is not a row of the 2 codes"):
         from_labels(xs, [0, 1, 2, 0], codes)
+    with pytest.raises(DatasetError, match="codes must be"):
+        from_labels(xs, [0, 1, 1, 0], codes[:, :1])
 
 
 def test_labels_through_the_cli(tmp_path):

@@ -30,6 +30,7 @@ class Dataset:
     targets: list[np.ndarray]
     labels: np.ndarray | None = field(default=None)  # classification: one class per sequence
     codes: np.ndarray | None = field(default=None)  # classification: (C, d) code vectors
+    classes: np.ndarray | None = field(default=None)  # classification: name of class c
 
     @classmethod
     def from_sequences(cls, inputs, targets) -> Dataset:
@@ -139,34 +140,149 @@ class Dataset:
 
 
 def _as_sequence(x, what: str) -> np.ndarray:
+    """A ``(tokens, d)`` float64 array from real numbers (not bools, text, complex, times)."""
     try:
-        a = np.asarray(x, dtype=np.float64)
+        a = np.asarray(x)
     except (TypeError, ValueError) as exc:
-        raise DatasetError(f"{what}: not a numeric array ({exc})") from None
+        raise DatasetError(f"{what}: not a numeric array ({str(exc).splitlines()[0]})") from None
+    if a.dtype.kind not in "fiu":
+        raise DatasetError(f"{what}: must hold real numbers, got dtype {a.dtype}")
     if a.ndim != 2:
         raise DatasetError(f"{what}: expected a 2-D (tokens, d) array, got shape {a.shape}")
-    return a
+    with np.errstate(over="ignore"):
+        return a.astype(np.float64)
 
 
 def _split(tokens: np.ndarray, lengths: np.ndarray, what: str) -> list[np.ndarray]:
     if lengths.ndim != 1:
-        raise DatasetError(f"{what}_lengths must be 1-D, got shape {lengths.shape}")
+        raise DatasetError(f"{what}_lengths must be 1-D (one length per sequence), "
+                           f"got shape {lengths.shape}")
     if np.any(lengths < 0):
         j = int(np.argmax(lengths < 0))
         raise DatasetError(f"sequence {j}: negative {what} length {int(lengths[j])}")
-    if int(lengths.sum()) != len(tokens):
+    if np.any(lengths > len(tokens)) or sum(lengths.tolist()) != len(tokens):  # no overflow
+        total = sum(int(v) for v in lengths.tolist())
         raise DatasetError(
-            f"{what}_lengths sum to {int(lengths.sum())} but {what} has {len(tokens)} tokens"
+            f"{what}_lengths sum to {total} but {what}s has {len(tokens)} tokens"
         )
     return [a.copy() for a in np.split(tokens, np.cumsum(lengths)[:-1])]
 
 
-def _from_npz(path: Path, require_targets: bool = True) -> Dataset:
+# -- .npz: headers first, then the arrays (docs/limits.md) ---------------------------------
+_KINDS = {  # member → accepted dtype kinds (f float, i/u integer, U text)
+    "inputs": "fiu", "outputs": "fiu", "codes": "fiu",
+    "input_lengths": "iu", "output_lengths": "iu", "labels": "iuU",
+}
+_KIND_NAMES = {"fiu": "real numbers", "iu": "integers", "iuU": "integers or names"}
+_LOAD_FACTOR = 4  # float64 copies alive while a dataset is read and compiled (estimate)
+
+
+def available_memory() -> int | None:
+    """Bytes of memory the operating system reports as available (None if it does not say)."""
     try:
-        with np.load(path, allow_pickle=False) as z:
-            arrays = {k: z[k] for k in z.files}
+        with open("/proc/meminfo") as fh:
+            for line in fh:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
+def _bytes(n: float) -> str:
+    for unit in ("B", "kB", "MB", "GB", "TB", "PB", "EB"):
+        if n < 1000:
+            return f"{n:.3g} {unit}"
+        n /= 1000
+    return f"{n:.3g} ZB"
+
+
+def check_memory(path, needed: int, what: str) -> None:
+    """Refuse before allocating when ``needed`` bytes exceed the memory available."""
+    free = available_memory()
+    if free is not None and needed > free:
+        raise DatasetError(
+            f"{path}: {what}: about {_bytes(needed)} of memory needed, more than the "
+            f"{_bytes(free)} available (docs/limits.md)"
+        )
+
+
+def _npz_arrays(path: Path) -> dict[str, np.ndarray]:
+    """The members of an .npz that the format names, each checked by its header first.
+
+    A member's header declares dtype and shape; both are checked (kind, size consistent
+    with the member, memory) before the array is allocated, so a header claiming 10¹³ rows
+    is refused in microseconds instead of failing inside numpy.
+    """
+    from numpy.lib import format as npy
+
+    try:
+        zf = zipfile.ZipFile(path)
     except (OSError, ValueError, zipfile.BadZipFile, EOFError) as exc:
         raise DatasetError(f"{path}: not a readable .npz file ({exc})") from None
+    with zf:
+        members = {}
+        for info in zf.infolist():
+            key = info.filename[:-4] if info.filename.endswith(".npy") else None
+            if key in _KINDS and key not in members:
+                members[key] = info
+        headers, needed = {}, 0
+        for key, info in members.items():
+            try:
+                with zf.open(info) as fh:
+                    version = npy.read_magic(fh)
+                    reader = npy.read_array_header_1_0 if version == (1, 0) else \
+                        npy.read_array_header_2_0
+                    shape, _, dtype = reader(fh, max_header_size=10_000)
+                    offset = fh.tell()
+            except (OSError, ValueError, SyntaxError, TypeError, zipfile.BadZipFile,
+                    EOFError, RuntimeError) as exc:
+                raise DatasetError(f"{path}: member '{key}' is not a readable array "
+                                   f"({str(exc).splitlines()[0] if str(exc) else exc!r})"
+                                   ) from None
+            kinds = _KINDS[key]
+            if dtype.hasobject or dtype.kind not in kinds or dtype.fields is not None:
+                raise DatasetError(f"{path}: '{key}' must hold {_KIND_NAMES[kinds]}, "
+                                   f"got dtype {dtype}")
+            count = 1
+            for n in shape:
+                count *= int(n)
+            nbytes = count * dtype.itemsize
+            headers[key] = (info, tuple(shape), offset + nbytes)
+            needed += count * max(8, dtype.itemsize) * (_LOAD_FACTOR if kinds == "fiu" else 1)
+        shapes = ", ".join(f"{k} {s}" for k, (_, s, _) in headers.items())
+        check_memory(path, needed, f"the declared arrays ({shapes})")
+        for key, (info, shape, size) in headers.items():
+            if info.file_size != size:
+                raise DatasetError(f"{path}: member '{key}' is truncated or corrupt (its header "
+                                   f"declares shape {shape}, the member holds "
+                                   f"{_bytes(info.file_size)} instead of {_bytes(size)})")
+        arrays = {}
+        for key, (info, _, _) in headers.items():
+            try:
+                with zf.open(info) as fh:
+                    arrays[key] = npy.read_array(fh, allow_pickle=False)
+            except (OSError, ValueError, zipfile.BadZipFile, EOFError, RuntimeError) as exc:
+                raise DatasetError(f"{path}: member '{key}' is not a readable array "
+                                   f"({exc})") from None
+    return arrays
+
+
+def _numeric(a: np.ndarray, path, key: str, ndim: int) -> np.ndarray:
+    if a.ndim != ndim:
+        want = {1: "a 1-D", 2: "a 2-D (tokens, d)"}[ndim]
+        raise DatasetError(f"{path}: '{key}' must be {want} array, got shape {a.shape}")
+    if key.endswith("lengths"):
+        return a
+    with np.errstate(over="ignore", invalid="ignore"):
+        return a.astype(np.float64)
+
+
+def _from_npz(path: Path, require_targets: bool = True) -> Dataset:
+    arrays = _npz_arrays(path)
     has_outputs = "outputs" in arrays
     need = ["inputs", "input_lengths"] + (["outputs", "output_lengths"] if has_outputs else [])
     missing = [k for k in need if k not in arrays]
@@ -174,72 +290,119 @@ def _from_npz(path: Path, require_targets: bool = True) -> Dataset:
         missing.append("outputs")
     if missing:
         raise DatasetError(f"{path}: missing key(s) {', '.join(missing)} (see docs/design.md §2)")
-    inputs = arrays["inputs"]
-    if inputs.ndim != 2 or not np.issubdtype(inputs.dtype, np.number):
-        raise DatasetError(f"{path}: 'inputs' must be a numeric (T, d) array, got {inputs.shape}")
-    lengths = arrays["input_lengths"]
-    if not np.issubdtype(lengths.dtype, np.integer):
-        raise DatasetError(f"{path}: 'input_lengths' must be integers, got {lengths.dtype}")
-    xs = _split(inputs.astype(np.float64), lengths.astype(np.int64), "input")
+    inputs = _numeric(arrays["inputs"], path, "inputs", 2)
+    lengths = _numeric(arrays["input_lengths"], path, "input_lengths", 1)
+    xs = _split(inputs, lengths, "input")
     labels = None
     if has_outputs:
-        outputs = arrays["outputs"]
-        if outputs.ndim != 2 or not np.issubdtype(outputs.dtype, np.number):
-            raise DatasetError(
-                f"{path}: 'outputs' must be a numeric (M, d) array, got {outputs.shape}"
-            )
-        olen = arrays["output_lengths"]
-        if not np.issubdtype(olen.dtype, np.integer):
-            raise DatasetError(f"{path}: 'output_lengths' must be integers, got {olen.dtype}")
+        outputs = _numeric(arrays["outputs"], path, "outputs", 2)
+        olen = _numeric(arrays["output_lengths"], path, "output_lengths", 1)
         if len(olen) != len(lengths):
             raise DatasetError(
                 f"{path}: {len(lengths)} input lengths but {len(olen)} output lengths"
             )
-        ys = _split(outputs.astype(np.float64), olen.astype(np.int64), "output")
+        ys = _split(outputs, olen, "output")
     elif "labels" in arrays:
         labels = _check_labels(arrays["labels"], len(xs), path)
         ys = [np.zeros((0, inputs.shape[1])) for _ in xs]
         if "codes" in arrays:
-            return Dataset(xs, ys, labels=labels, codes=np.asarray(arrays["codes"], float))
+            codes = _numeric(arrays["codes"], path, "codes", 2)
+            return Dataset(xs, ys, labels=labels, codes=codes)
     else:
         ys = [np.zeros((0, inputs.shape[1])) for _ in xs]
     return Dataset(xs, ys, labels=labels)
 
 
 def _check_labels(labels, n: int, path) -> np.ndarray:
+    """One label per sequence: integers or names (text); they are names of classes."""
+    if isinstance(labels, list):  # JSON: a flat list of integers or of strings
+        kinds = {type(v) for v in labels}
+        if kinds <= {int} or kinds <= {str}:
+            labels = np.array(labels, dtype=np.int64 if kinds <= {int} else str)
+        else:
+            raise DatasetError(f"{path}: 'labels' must be a flat list of integers or of names "
+                               "(one per sequence)")
     labels = np.asarray(labels)
     if labels.ndim != 1 or len(labels) != n:
-        raise DatasetError(f"{path}: 'labels' must hold one integer per sequence ({n})")
-    if not np.issubdtype(labels.dtype, np.integer):
-        raise DatasetError(f"{path}: 'labels' must be integers, got {labels.dtype}")
-    return labels.astype(np.int64)
+        raise DatasetError(f"{path}: 'labels' must hold one label per sequence ({n}), "
+                           f"got shape {labels.shape}")
+    if labels.dtype.kind == "u" and labels.size and int(labels.max()) > np.iinfo(np.int64).max:
+        raise DatasetError(f"{path}: labels must be below 2⁶³")
+    if labels.dtype.kind not in "iuU":
+        raise DatasetError(f"{path}: 'labels' must be integers or names, got {labels.dtype}")
+    return labels if labels.dtype.kind == "U" else labels.astype(np.int64)
+
+
+# -- JSON: checked structurally (no strings, booleans or ragged rows taken as numbers) -----
+class _JsonLimit(Exception):
+    pass
+
+
+def _json_int(text: str) -> int:
+    if len(text.lstrip("-")) > 309:  # beyond float64 (and slow to convert): refuse early
+        raise _JsonLimit(f"integer literal with {len(text.lstrip('-'))} digits is beyond "
+                         "float64 (at most ~1.8e308)")
+    value = int(text)
+    if abs(value) > 1.7976931348623157e308:
+        raise _JsonLimit(f"integer literal {text[:12]}… is beyond float64")
+    return value
+
+
+def _json_constant(name: str):
+    raise _JsonLimit(f"{name} is not a finite number")
+
+
+_JSON_NUMBER = (int, float)
+
+
+def _json_sequence(x, what: str) -> np.ndarray:
+    """A ``(tokens, d)`` list of lists of numbers (ints or floats, not bools or strings)."""
+    if not isinstance(x, list) or not all(isinstance(row, list) for row in x):
+        raise DatasetError(f"{what}: expected a list of tokens, each a list of numbers")
+    d = len(x[0]) if x else 0
+    for k, row in enumerate(x):
+        if len(row) != d:
+            raise DatasetError(f"{what}: token {k} has {len(row)} numbers, token 0 has {d}")
+        if not {type(v) for v in row} <= {int, float}:
+            bad = next(v for v in row if type(v) not in _JSON_NUMBER)
+            raise DatasetError(f"{what}: token {k} holds {json.dumps(bad)[:40]}, not a number")
+    return np.array(x, dtype=np.float64).reshape(len(x), d)
+
+
+def _json_sequences(data: dict, key: str, what: str, path) -> list[np.ndarray]:
+    if not isinstance(data[key], list):
+        raise DatasetError(f"{path}: '{key}' must be a list of sequences")
+    return [_json_sequence(x, f"{what} sequence {j}") for j, x in enumerate(data[key])]
 
 
 def _from_json(path: Path, require_targets: bool = True) -> Dataset:
     try:
-        data = json.loads(path.read_text())
+        size = path.stat().st_size
+    except OSError as exc:
+        raise DatasetError(f"{path}: not a readable JSON file ({exc.strerror})") from None
+    check_memory(path, 40 * size, "parsing this JSON file")  # ~40 B of Python objects per byte
+    try:
+        data = json.loads(path.read_bytes(), parse_int=_json_int, parse_constant=_json_constant)
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise DatasetError(f"{path}: not a readable JSON file ({exc})") from None
+    except RecursionError:
+        raise DatasetError(f"{path}: JSON nested too deeply (a dataset is nested 3 deep)"
+                           ) from None
+    except _JsonLimit as exc:
+        raise DatasetError(f"{path}: {exc}") from None
     if not isinstance(data, dict) or "inputs" not in data or (
         "outputs" not in data and "labels" not in data and require_targets
     ):
         raise DatasetError(f"{path}: expected an object with keys 'inputs' and 'outputs'")
-    if not isinstance(data["inputs"], list):
-        raise DatasetError(f"{path}: 'inputs' must be a list of sequences")
-    xs = [_as_sequence(x, f"input sequence {j}") for j, x in enumerate(data["inputs"])]
+    xs = _json_sequences(data, "inputs", "input", path)
     if "outputs" in data:
-        if not isinstance(data["outputs"], list):
-            raise DatasetError(f"{path}: 'outputs' must be a list of sequences")
-        ys = [_as_sequence(y, f"target sequence {j}") for j, y in enumerate(data["outputs"])]
+        ys = _json_sequences(data, "outputs", "target", path)
         return Dataset(xs, ys)
     labels = _check_labels(data["labels"], len(xs), path) if "labels" in data else None
     d = xs[0].shape[1] if xs else 0
     codes = None
     if "codes" in data:
-        try:
-            codes = np.asarray(data["codes"], dtype=np.float64)
-        except (TypeError, ValueError):
-            raise DatasetError(f"{path}: 'codes' must be a (C, d) list of numbers") from None
+        codes = _json_sequence(data["codes"], f"{path}: 'codes'")
     return Dataset(xs, [np.zeros((0, d)) for _ in xs], labels=labels, codes=codes)
 
 
@@ -248,13 +411,16 @@ def load_dataset(path, require_targets: bool = True) -> Dataset:
 
     With ``require_targets=False`` a file with inputs only is accepted (targets empty), e.g.
     for ``exactformer run``. A file that carries ``labels`` instead of ``outputs`` gives a
-    labelled dataset (targets empty, ``labels`` set).
+    labelled dataset (targets empty, ``labels`` set). Limits (memory, nesting, number
+    range) are in docs/limits.md.
     """
     path = Path(path)
     if not path.exists():
         raise DatasetError(f"{path}: no such file")
     if path.is_dir():
         raise DatasetError(f"{path}: is a directory, not a dataset file")
+    if not path.is_file():
+        raise DatasetError(f"{path}: not a regular file")
     try:
         return _load(path, require_targets)
     except DatasetError as exc:
@@ -268,6 +434,8 @@ def _load(path: Path, require_targets: bool) -> Dataset:
         ds = _from_json(path, require_targets)
     elif suffix == ".npz":
         ds = _from_npz(path, require_targets)
+    elif suffix == ".safetensors":
+        raise DatasetError(f"{path}: is a model file, not a dataset (.npz or .json)")
     else:
         raise DatasetError(f"{path}: unknown dataset extension '{suffix}' (use .npz or .json)")
     if ds.labels is None and require_targets:
@@ -277,15 +445,25 @@ def _load(path: Path, require_targets: bool) -> Dataset:
     return ds
 
 
+def temp_name(name: str) -> str:
+    """Prefix of the temporary file written beside ``name`` (short: long names still fit)."""
+    return f".{name[:48]}."
+
+
 def write_atomic(path, write) -> None:
     """Call ``write(tmp_path)`` then rename onto ``path``: readers never see a half-written file.
 
     The file gets the mode a plain ``open()`` would give it: a new file the umask's (0644
     typically, not mkstemp's 0600), a replaced file keeps its own.
+
+    Only a regular file (or nothing) at ``path`` is replaced: a directory, a device such as
+    /dev/null or a FIFO is refused with :class:`DatasetError`.
     """
     path = Path(path)
+    if path.exists() and not path.is_file():
+        raise DatasetError(f"{path}: exists and is not a regular file (refusing to replace it)")
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp" + path.suffix,
+    fd, tmp = tempfile.mkstemp(prefix=temp_name(path.name), suffix=".tmp" + path.suffix[:16],
                                dir=path.parent)
     os.close(fd)
     try:

@@ -47,6 +47,41 @@ def save(model, path) -> None:
     write_atomic(path, lambda tmp: save_file(tensors, tmp, metadata=meta))
 
 
+_BLOCK_BYTES = 2_000  # Python objects of one (empty) block, its kind and its run entry
+
+
+def _check_memory(path, needed: int, what: str) -> None:
+    from .dataset import DatasetError, check_memory
+
+    try:
+        check_memory(path, needed, what)
+    except DatasetError as exc:
+        raise ModelFileError(str(exc)) from None
+
+
+def _check_classes(path, info: dict, d: int) -> None:
+    """Classification metadata: ``codes`` (C, d) finite and distinct, ``classes`` C names."""
+    codes, classes = info.get("codes"), info.get("classes")
+    if codes is not None:
+        ok = (isinstance(codes, list) and len(codes) > 0
+              and all(isinstance(r, list) and len(r) == d
+                      and all(type(v) in (int, float) for v in r) for r in codes))
+        if not ok:
+            raise ModelFileError(f"{path}: metadata 'codes' must be a non-empty (C, {d}) list "
+                                 "of numbers")
+        a = np.array(codes, dtype=np.float64)
+        if not np.all(np.isfinite(a)):
+            raise ModelFileError(f"{path}: metadata 'codes' holds NaN or inf")
+        if len(np.unique(a, axis=0)) < len(a):
+            raise ModelFileError(f"{path}: metadata 'codes' gives two classes one code")
+    if classes is not None:
+        kinds = {type(v) for v in classes} if isinstance(classes, list) else {None}
+        if codes is None or not (kinds <= {int} or kinds <= {str}) or \
+                len(classes) != len(codes) or len(set(classes)) != len(classes):
+            raise ModelFileError(f"{path}: metadata 'classes' must name each of the "
+                                 f"{len(codes or [])} codes once (integers or text)")
+
+
 def load(path) -> Transformer:
     """Read and check a model file; every problem is one :class:`ModelFileError` line."""
     path = Path(path)
@@ -77,12 +112,22 @@ def load(path) -> Transformer:
         raise ModelFileError(f"{path}: metadata d = {d}, n_blocks = {n_blocks} are not valid")
     if attention == "softmax" and not (np.isfinite(temperature) and temperature > 0):
         raise ModelFileError(f"{path}: softmax temperature must be positive, got {temperature}")
+    if n_blocks > 1_000_000_000:
+        raise ModelFileError(f"{path}: n_blocks = {n_blocks} is beyond any model this tool "
+                             "can hold (docs/limits.md)")
+    _check_memory(path, n_blocks * _BLOCK_BYTES, f"n_blocks = {n_blocks}")
     try:
         kinds = json.loads(meta.get("block_kinds", "[]"))
         info = json.loads(meta.get("info", "{}"))
         rational = json.loads(meta.get("rational", "{}"))
     except json.JSONDecodeError as exc:
         raise ModelFileError(f"{path}: corrupt metadata ({exc})") from None
+    except RecursionError:
+        raise ModelFileError(f"{path}: corrupt metadata (JSON nested too deeply)") from None
+    if not isinstance(info, dict):
+        raise ModelFileError(f"{path}: metadata 'info' must be a JSON object, "
+                             f"got {type(info).__name__}")
+    _check_classes(path, info, d)
     _check_rational_cover(path, rational, tensors)
     if not isinstance(kinds, list) or len(kinds) != n_blocks:
         kinds = [""] * n_blocks
@@ -102,11 +147,15 @@ def load(path) -> Transformer:
             raise ModelFileError(f"{path}: tensor {name} has non-finite values")
         if name in rational:
             try:
-                vals = [Fraction(s) for s in rational[name]]
+                vals = [Fraction(s) for s in rational[name] if isinstance(s, str)]
                 exact = np.array(vals, dtype=object).reshape(t.shape)
+                as_float = nm.to_float(exact)
             except (ValueError, ZeroDivisionError, TypeError):
                 raise ModelFileError(f"{path}: corrupt rational weights for {name}") from None
-            if not np.array_equal(nm.to_float(exact), t):
+            except OverflowError:
+                raise ModelFileError(f"{path}: a rational weight of {name} is beyond float64"
+                                     ) from None
+            if not np.array_equal(as_float, t):
                 raise ModelFileError(f"{path}: rational weights of {name} disagree with the tensor")
             return exact if exact.shape else exact[()]
         return t if t.shape else t[()]

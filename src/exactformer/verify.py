@@ -104,8 +104,16 @@ def verify(model: Transformer, dataset: Dataset, exact: bool | None = None,
     if dataset.labels is not None and not any(len(y) for y in dataset.targets):
         from .classification import with_codes
 
-        codes = dataset.codes if dataset.codes is not None else model.info.get("codes")
-        dataset = with_codes(dataset, codes)
+        if dataset.codes is not None:
+            dataset = with_codes(dataset, dataset.codes)
+        elif model.info.get("codes") is None:
+            from .errors import DatasetError
+
+            raise DatasetError("the data holds labels but the model is not a classification "
+                               "model (no class codes in its metadata): verify it against "
+                               "data with outputs, or compile the labels with --labels")
+        else:
+            dataset = with_codes(dataset, model.info.get("codes"), model.info.get("classes"))
     if exact is None:
         exact = model.exact
     if exact and model.attention == "softmax":

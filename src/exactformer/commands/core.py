@@ -9,8 +9,32 @@ import numpy as np
 import typer
 from rich.table import Table
 
-from ..cli import app, console, fail, user_errors
+from ..cli import QUIET, app, console, fail, output_directory, output_file, user_errors
 from ..dataset import Dataset, load_dataset, save_dataset
+
+DATA = typer.Argument(..., metavar="DATA", help="Dataset (.npz or .json, docs/design.md §2).")
+MODEL = typer.Argument(..., metavar="MODEL", help="Model file (.safetensors).")
+ATTENTION = ("hardmax", "softmax")
+MODEL_SUFFIXES = (".safetensors",)
+DATA_SUFFIXES = (".npz", ".json")
+
+
+def _attention(value: str) -> str:
+    if value not in ATTENTION:
+        fail(f"--attention must be hardmax or softmax, not {value!r}")
+    return value
+
+
+def _load_model(path: Path, data: Path | None = None):
+    """Read MODEL; a dataset given in its place (swapped arguments) is named as such."""
+    from ..model import Transformer
+
+    if path.suffix.lower() in DATA_SUFFIXES and (data is None or data.suffix.lower() in
+                                                 MODEL_SUFFIXES):
+        order = (f" (arguments swapped? the model comes first: MODEL DATA = {data} {path})"
+                 if data else "")
+        fail(f"{path}: is a dataset, not a model file{order}")
+    return Transformer.load(path)
 
 
 def _progress(enabled: bool):
@@ -62,22 +86,24 @@ def _summary(model, dataset: Dataset, report, seconds: float, title: str) -> Tab
 @app.command("compile")
 @user_errors
 def compile_cmd(
-    data: Path = typer.Argument(..., help="Dataset (.npz or .json, docs/design.md §2)."),
-    out: Path = typer.Option(..., "-o", "--out", help="Model file to write (.safetensors)."),
-    attention: str = typer.Option("hardmax", help="hardmax or softmax."),
+    data: Path = DATA,
+    out: Path = typer.Option(..., "-o", "--out", metavar="MODEL",
+                             help="Model file to write (.safetensors)."),
+    attention: str = typer.Option("hardmax", metavar="hardmax|softmax",
+                                  help="Attention of the model."),
     compact: bool = typer.Option(False, "--compact", help="No width limit: a handful of blocks."),
     exact: bool = typer.Option(False, "--exact", help="Rational weights, proven exact."),
-    seed: int = typer.Option(0, help="Seed of every generic draw."),
+    seed: int = typer.Option(0, min=0, help="Seed of every generic draw (≥ 0)."),
     labels: bool = typer.Option(False, "--labels",
                                 help="Classification: DATA carries `labels` (and optional "
                                      "`codes`); read-outs become class code vectors."),
-    quiet: bool = typer.Option(False, "--quiet", "-q", help="No summary table."),
+    quiet: bool = QUIET,
 ):
     """Compile DATA into a transformer, verify it, then write it to OUT."""
     import exactformer
 
-    if attention not in ("hardmax", "softmax"):
-        fail(f"--attention must be hardmax or softmax, not {attention!r}")
+    _attention(attention)
+    output_file(out, "-o", MODEL_SUFFIXES, inputs=[data])
     dataset = load_dataset(data)
     if labels and dataset.labels is None:
         fail(f"{data}: --labels given but the file has no 'labels' key")
@@ -96,25 +122,34 @@ def compile_cmd(
         console.print(_summary(model, dataset, report, seconds, f"compiled {data} → {out}"))
 
 
+MAX_TOL = 1e-3  # relative: above this "verified" would say little (docs/limits.md)
+
+
 @app.command("verify")
 @user_errors
 def verify_cmd(
-    model_path: Path = typer.Argument(..., metavar="MODEL", help="Model file (.safetensors)."),
-    data: Path = typer.Argument(..., help="Dataset (.npz or .json)."),
+    model_path: Path = MODEL,
+    data: Path = DATA,
     exact: bool = typer.Option(None, "--exact/--float",
                                help="Rational arithmetic (default: when the model is exact)."),
-    tol: float = typer.Option(1e-10, help="Float mode: largest relative error that passes."),
+    tol: float = typer.Option(1e-10, metavar="TOL", help="Float mode: largest relative error "
+                              f"that passes, 0 … {MAX_TOL:g}."),
     certify: bool = typer.Option(True, "--certify/--no-certify",
                                  help="Float mode: prove the outputs in interval arithmetic "
                                       "(docs/verification.md), or only run the float check."),
+    quiet: bool = QUIET,
 ):
     """Re-run MODEL on DATA and check every sequence; exit 1 if not exact."""
     import exactformer
 
-    from ..model import Transformer
-
-    model = Transformer.load(model_path)
+    if not 0 <= tol <= MAX_TOL:  # also NaN: a tolerance of 1e300 would pass any model
+        fail(f"--tol must be a relative error between 0 and {MAX_TOL:g}, got {tol!r}")
+    model = _load_model(model_path, data)
     dataset = load_dataset(data)
+    if dataset.labels is not None and model.info.get("codes") is None \
+            and not any(len(y) for y in dataset.targets):
+        fail(f"{data} holds labels but {model_path} is not a classification model (no class "
+             "codes): verify it against data with outputs, or compile the labels with --labels")
     t0 = time.perf_counter()
     report = exactformer.verify(model, dataset, exact=exact, tol=tol, certify=certify)
     console.print(report.summary(), highlight=False)
@@ -145,18 +180,27 @@ def _recorded_claim(info: dict) -> str:
         return ""
     text = {"interval": "certified in interval arithmetic", "exact rational":
             "exact rational arithmetic", "ball arithmetic": "ball arithmetic"}.get(method, method)
-    if method == "interval" and "certified_delta_rel" in info:
+    if method == "interval" and type(info.get("certified_delta_rel")) in (int, float):
         text += f", δ ≤ {float(info['certified_delta_rel']):.3g} × scale"
-    return text + " (recorded in the file, not re-proved: run `exactformer verify`)"
+    return _shown(text) + " (recorded in the file, not re-proved: run `exactformer verify`)"
+
+
+def _shown(value, limit: int = 120) -> str:
+    """A metadata value as one printable line, at most ``limit`` characters (files are input)."""
+    import json
+
+    text = value if isinstance(value, str) else json.dumps(value, default=str)
+    text = "".join(c if c.isprintable() else "?" for c in text)
+    return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
 @app.command("info")
 @user_errors
-def info_cmd(model_path: Path = typer.Argument(..., metavar="MODEL")):
-    """Metadata, size and the role of every block of MODEL."""
-    from ..model import Transformer
+def info_cmd(model_path: Path = MODEL, quiet: bool = QUIET):
+    """Metadata, size and the role of every block of MODEL (-q: only check that it loads)."""
+    from rich.text import Text
 
-    model = Transformer.load(model_path)
+    model = _load_model(model_path)
     t = Table(title=str(model_path), show_header=False, title_justify="left")
     t.add_column(style="bold")
     t.add_column()
@@ -173,20 +217,22 @@ def info_cmd(model_path: Path = typer.Argument(..., metavar="MODEL")):
                   "model; run, predict and the PyTorch twin refuse them")
     claim = _recorded_claim(model.info)
     if claim:
-        t.add_row("verified at compile time", claim)
-    for key, value in model.info.items():
-        if key == "softmax_off_argmax_weight":
-            for block, weight in value.items():
-                t.add_row(f"softmax layer {block}", f"worst weight off the argmax set {weight:.3g}")
+        t.add_row("verified at compile time", Text(claim))
+    for key, value in list(model.info.items())[:50]:
+        leaks = value if key == "softmax_off_argmax_weight" and isinstance(value, dict) else {}
+        if leaks and all(type(w) in (int, float) for w in leaks.values()):
+            for block, weight in list(leaks.items())[:20]:
+                t.add_row(Text(f"softmax layer {_shown(block, 20)}"),
+                          f"worst weight off the argmax set {weight:.3g}")
         else:
-            t.add_row(key, str(value))
+            t.add_row(Text(_shown(key, 40)), Text(_shown(value)))
     console.print(t)
     blocks = Table(title="blocks", title_justify="left")
     for col in ("blocks", "kind", "FF width", "attention rank"):
         blocks.add_column(col)
     for first, last, kind in _runs([b.kind or "-" for b in model.blocks]):
         group = model.blocks[first:last + 1]
-        blocks.add_row(f"{first}" if first == last else f"{first}–{last}", kind,
+        blocks.add_row(f"{first}" if first == last else f"{first}–{last}", Text(_shown(kind, 60)),
                        _span([b.ff.width for b in group if b.ff is not None]),
                        _span([b.sa.rank for b in group if b.sa is not None]))
     console.print(blocks)
@@ -203,21 +249,22 @@ def _span(values: list[int]) -> str:
 @app.command("run")
 @user_errors
 def run_cmd(
-    model_path: Path = typer.Argument(..., metavar="MODEL"),
-    data: Path = typer.Argument(..., help="Inputs (.npz or .json); targets are not needed."),
-    out: Path = typer.Option(..., "-o", "--out", help="Where to write the outputs (.npz/.json)."),
+    model_path: Path = MODEL,
+    data: Path = typer.Argument(..., metavar="DATA",
+                                help="Inputs (.npz or .json); targets are not needed."),
+    out: Path = typer.Option(..., "-o", "--out", metavar="OUT",
+                             help="Where to write the outputs (.npz or .json)."),
+    quiet: bool = QUIET,
 ):
     """Run MODEL on every input sequence of DATA and write the outputs (full length)."""
-    from ..model import Transformer
     from ..numeric import to_float
 
-    model = Transformer.load(model_path)
+    output_file(out, "-o", DATA_SUFFIXES, inputs=[data, model_path])
+    model = _load_model(model_path, data)
     dataset = load_dataset(data, require_targets=False)
     if dataset.d != model.d:
         fail(f"{data}: tokens have d = {dataset.d} but the model works on d = {model.d}")
-    if model.exact and model.attention == "softmax":  # exp has no rational forward pass
-        model = model.float_model()
-    outputs = [to_float(y) for y in model.run(dataset.inputs)]
+    outputs = [to_float(y) for y in _runnable(model).run(dataset.inputs)]
     save_dataset(Dataset(dataset.inputs, outputs), out)
     console.print(f"wrote the outputs of {len(outputs)} sequences to {out}")
 
@@ -225,8 +272,11 @@ def run_cmd(
 @app.command("demo")
 @user_errors
 def demo_cmd(
-    out: Path = typer.Option(Path("exactformer-demo"), "--out", help="Directory for the files."),
-    attention: str = typer.Option("hardmax", help="hardmax or softmax."),
+    out: Path = typer.Option(Path("exactformer-demo"), "--out", metavar="DIR",
+                             help="Directory for the files."),
+    attention: str = typer.Option("hardmax", metavar="hardmax|softmax",
+                                  help="Attention of the model."),
+    quiet: bool = QUIET,
 ):
     """Compile the embedded 3-sequence dataset in exact mode and draw its trajectories."""
     import exactformer
@@ -234,10 +284,10 @@ def demo_cmd(
     from ..demo import demo_dataset
     from ..figures import plot_trajectories
 
+    _attention(attention)
+    output_directory(out)
     dataset = demo_dataset()
     t0 = time.perf_counter()
-    if attention not in ("hardmax", "softmax"):
-        fail(f"--attention must be hardmax or softmax, not {attention!r}")
     model = exactformer.compile(dataset, attention=attention, exact=True)
     report = exactformer.verify(model, dataset)
     seconds = time.perf_counter() - t0
@@ -247,7 +297,6 @@ def demo_cmd(
     console.print(_summary(model, dataset, report, seconds, "compiled the demo dataset"))
     if not report.passed:
         fail(f"the demo model failed verification ({report.summary()})", 1)
-    out.mkdir(parents=True, exist_ok=True)
     save_dataset(dataset, out / "demo.json")
     model.save(out / "demo.safetensors")
     figs = plot_trajectories(model, dataset, out)
@@ -274,29 +323,40 @@ def demo_cmd(
     console.print(f"try: exactformer verify {out / 'demo.safetensors'} {out / 'demo.json'}")
 
 
+def _runnable(model):
+    """The model to run in float64 or rationals (softmax has no rational forward pass)."""
+    if model.exact and model.attention == "softmax":  # exp has no rational forward pass
+        return model.float_model()
+    return model
 
 
 @app.command("predict")
 @user_errors
 def predict_cmd(
     model_path: Path = typer.Argument(..., metavar="MODEL", help="A model compiled with --labels."),
-    data: Path = typer.Argument(..., help="Inputs (.npz or .json); labels are not needed."),
-    out: Path = typer.Option(None, "-o", "--out", help="Write the classes here (.json or .npz)."),
+    data: Path = typer.Argument(..., metavar="DATA",
+                                help="Inputs (.npz or .json); labels are not needed."),
+    out: Path = typer.Option(None, "-o", "--out", metavar="OUT",
+                             help="Write the classes here (.json or .npz)."),
+    quiet: bool = QUIET,
 ):
     """Predict the class of every sequence of DATA (the code nearest to its read-out)."""
     import json
 
-    from ..classification import predict
-    from ..model import Transformer
+    from ..classification import class_index, predict
 
-    model = Transformer.load(model_path)
+    if out is not None:
+        output_file(out, "-o", DATA_SUFFIXES, inputs=[data, model_path])
+    model = _load_model(model_path, data)
     codes = model.info.get("codes")
     if codes is None:
         fail(f"{model_path}: not a classification model (no class codes in its metadata)")
+    names = np.asarray(model.info.get("classes", list(range(len(codes)))))
     dataset = load_dataset(data, require_targets=False)
     if dataset.d != model.d:
         fail(f"{data}: tokens have d = {dataset.d} but the model works on d = {model.d}")
-    classes = predict(model, dataset.inputs, codes)
+    index, dist = predict(_runnable(model), dataset.inputs, codes, return_distance=True)
+    classes = names[index]
     if out is None:
         for j, c in enumerate(classes.tolist()):
             console.print(f"sequence {j}: class {c}", highlight=False)
@@ -304,10 +364,23 @@ def predict_cmd(
         from ..dataset import write_atomic
 
         if out.suffix.lower() == ".npz":
-            write_atomic(out, lambda tmp: np.savez(open(tmp, "wb"), classes=classes))
+            def write(tmp):
+                with open(tmp, "wb") as fh:
+                    np.savez(fh, classes=classes)
         else:
-            write_atomic(out, lambda tmp: Path(tmp).write_text(json.dumps(classes.tolist())))
-        console.print(f"wrote {len(classes)} classes to {out}")
+            def write(tmp):
+                Path(tmp).write_text(json.dumps(classes.tolist()))
+        write_atomic(out, write)
+        console.print(f"wrote {len(classes)} classes to {out}", highlight=False)
+    far = np.flatnonzero(~(dist <= 1e-6))
+    if len(far):
+        console.print(f"note: {len(far)} of {len(classes)} sequences read out none of the class "
+                      f"codes (e.g. sequence {int(far[0])}, {dist[far[0]]:.3g} × scale away): "
+                      "their nearest code is reported", style="dim", highlight=False)
     if dataset.labels is not None:
-        acc = float(np.mean(classes == dataset.labels))
-        console.print(f"accuracy against the file's labels: {100 * acc:.2f} %")
+        try:
+            truth = class_index(np.asarray(dataset.labels), names)
+            acc = f"{100 * float(np.mean(index == truth)):.2f} %"
+        except Exception as exc:  # a label the model does not know
+            acc = f"not computed ({exc})"
+        console.print(f"accuracy against the file's labels: {acc}", highlight=False)

@@ -11,14 +11,8 @@ from typing import Annotated
 
 import typer
 
-from ..cli import console, experiment_app, fail, user_errors
-
-
-def _make_dir(out: Path) -> None:
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        fail(f"cannot create output directory {out}: {exc.strerror or exc}")
+from ..cli import QUIET, console, experiment_app, fail, user_errors
+from ..cli import output_directory as _make_dir
 
 
 def _progress():
@@ -33,6 +27,7 @@ def _progress():
 def clustering(
     out: Annotated[Path, typer.Option("--out", help="Directory for PNGs and README.md.")],
     quick: Annotated[bool, typer.Option("--quick", help="Fewer configurations.")] = False,
+    quiet: bool = QUIET,
 ) -> None:
     """Figures of the pure-attention clustering dynamics, captioned in OUT/README.md.
 
@@ -57,6 +52,7 @@ def sentiment(
     attention: Annotated[str, typer.Option("--attention", help="hardmax or softmax.")] = "hardmax",
     epochs: Annotated[int | None, typer.Option(
         "--epochs", help="Most epochs tried on validation.")] = None,
+    quiet: bool = QUIET,
 ) -> None:
     """Train the interpretable leader-word sentiment classifier and its baselines.
 

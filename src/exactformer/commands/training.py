@@ -13,10 +13,20 @@ from pathlib import Path
 
 import typer
 
-from ..cli import app, console, experiment_app, fail, user_errors
+from ..cli import (
+    QUIET,
+    app,
+    console,
+    experiment_app,
+    fail,
+    output_directory,
+    output_file,
+    user_errors,
+)
 from ..dataset import load_dataset
 
-ATTENTION_CHOICES = ("softmax", "hardmax-surrogate")
+# "hardmax" as in compile; "hardmax-surrogate" (the older name) is still accepted
+ATTENTION_CHOICES = ("softmax", "hardmax", "hardmax-surrogate")
 
 
 def _require_torch() -> None:
@@ -43,11 +53,13 @@ def _bar(enabled: bool, total: int, label: str):
 @app.command("train")
 @user_errors
 def train_cmd(
-    data: Path = typer.Argument(..., help="Dataset (.npz or .json, docs/design.md §2)."),
-    out: Path = typer.Option(..., "-o", "--out", help="Model file to write (.safetensors)."),
-    attention: str = typer.Option("hardmax-surrogate",
-                                  help="softmax, or hardmax-surrogate (hardmax model trained "
-                                       "through softmax at --temperature)."),
+    data: Path = typer.Argument(..., metavar="DATA",
+                                help="Dataset (.npz or .json, docs/design.md §2)."),
+    out: Path = typer.Option(..., "-o", "--out", metavar="MODEL",
+                             help="Model file to write (.safetensors)."),
+    attention: str = typer.Option("hardmax", metavar="hardmax|softmax",
+                                  help="softmax, or hardmax (a hardmax model trained through "
+                                       "softmax at --temperature; also 'hardmax-surrogate')."),
     blocks: int = typer.Option(None, "--blocks", help="Number of blocks L (random: 6; "
                                                       "compiled: the compiled model's)."),
     width: int = typer.Option(None, "--width", help="FF width w (random: 4)."),
@@ -60,17 +72,18 @@ def train_cmd(
                                        help="Tikhonov ε: the objective is L + ε‖θ‖²."),
     init: str = typer.Option("random", help="random, or compiled (start from the exact "
                                             "compiled model of DATA)."),
-    seed: int = typer.Option(0, help="Seed of the initialisation (and of the compiler)."),
-    log: Path = typer.Option(None, "--log", help="Loss curve, .csv or .json "
-                                                 "(default: OUT with .log.csv)."),
-    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar or summary."),
+    seed: int = typer.Option(0, min=0, help="Seed of the initialisation (and of the compiler)."),
+    log: Path = typer.Option(None, "--log", metavar="LOG", help="Loss curve, .csv or .json "
+                                                                "(default: OUT with .log.csv)."),
+    quiet: bool = QUIET,
 ):
     """Train a docs/design.md §1 transformer on DATA with loss L + ε‖θ‖² (Adam + cosine)."""
+    if attention not in ATTENTION_CHOICES:
+        fail(f"--attention must be hardmax or softmax, not {attention!r}")
+    output_file(out, "-o", (".safetensors",), inputs=[data])
     _require_torch()
     from .. import training as tr
 
-    if attention not in ATTENTION_CHOICES:
-        fail(f"--attention must be softmax or hardmax-surrogate, not {attention!r}")
     if init not in ("random", "compiled"):
         fail(f"--init must be random or compiled, not {init!r}")
     for name, value in (("--epochs", epochs), ("--blocks", blocks), ("--width", width),
@@ -96,6 +109,7 @@ def train_cmd(
     else:
         net = tr.random_model(dataset.d, blocks or 6, width or 4, rank, mode, temperature, seed)
     log = log or out.with_suffix(".log.csv")
+    output_file(log, "--log", (".csv", ".json"), inputs=[data, out])
     cfg = tr.TrainConfig(epochs=epochs, lr=lr, weight_decay=weight_decay,
                          surrogate=temperature, seed=seed)
     net.info.update(trained=json.dumps({"epochs": epochs, "lr": lr, "weight_decay":
@@ -117,10 +131,13 @@ def train_cmd(
 @experiment_app.command("tikhonov")
 @user_errors
 def tikhonov_cmd(
-    out: Path = typer.Option(..., "--out", help="Directory for the figures and results.json."),
+    out: Path = typer.Option(..., "--out", metavar="DIR",
+                             help="Directory for the figures and results.json."),
     quick: bool = typer.Option(False, "--quick", help="ε ∈ {1e-1, 1e-2, 1e-3}, 500 epochs."),
-    seed: int = typer.Option(0, help="Seed of the data, the compiler and the initialisation."),
+    seed: int = typer.Option(0, min=0,
+                             help="Seed of the data, the compiler and the initialisation."),
     epochs: int = typer.Option(None, help="Epochs per ε (default 500 quick, 3000 full)."),
+    quiet: bool = QUIET,
 ):
     """The paper's Fig. 1: minimal Tikhonov-regularised loss vs ε, against ε‖θ_exact‖²."""
     _require_torch()
@@ -130,7 +147,8 @@ def tikhonov_cmd(
     n_epochs = epochs or (500 if quick else 3000)
     if n_epochs < 1:
         fail(f"--epochs must be positive, got {n_epochs}")
-    with _bar(True, len(eps) * n_epochs, "tikhonov") as update:
+    output_directory(out)
+    with _bar(not quiet, len(eps) * n_epochs, "tikhonov") as update:
         def progress(k, epoch, res):
             update(description=f"ε = {eps[k]:g}  J {res.loss[-1] + res.penalty[-1]:.3e}")
 

@@ -93,6 +93,8 @@ def compile(dataset: Dataset, attention: str = "hardmax", compact: bool = False,
             model.info["draw"] = draw
         if dataset.labels is not None and dataset.codes is not None:
             model.info["codes"] = np.asarray(dataset.codes).tolist()
+            if dataset.classes is not None:
+                model.info["classes"] = np.asarray(dataset.classes).tolist()
         if not verify:
             model.info["total_seconds"] = round(time.perf_counter() - t0, 4)
             return model
