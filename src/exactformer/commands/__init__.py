@@ -12,6 +12,7 @@ MODULES = [
     "training",
     "bench",
     "tdtf",
+    "export",
 ]
 
 
