@@ -90,6 +90,19 @@ def with_codes(dataset: Dataset, codes=None, classes=None) -> Dataset:
     return out
 
 
+def resolve_targets(dataset: Dataset, codes=None, classes=None) -> Dataset:
+    """``dataset`` itself, or, when it carries labels and no targets, its classes' codes as
+    targets (:func:`with_codes`): the dataset's own codes first, else ``codes`` named by
+    ``classes`` (a model's), else the default ones. The one place where labels become
+    targets: compile, verify and the CLI.
+    """
+    if dataset.labels is None or any(len(y) for y in dataset.targets):
+        return dataset
+    if dataset.codes is not None:
+        return with_codes(dataset, dataset.codes)
+    return with_codes(dataset, codes, classes)
+
+
 def from_labels(inputs, labels, codes=None) -> Dataset:
     """A classification dataset from arrays: one ``(n_j, d)`` input and one label per sequence."""
     ins = Dataset.from_sequences(inputs, [np.zeros((1, np.shape(x)[1])) for x in inputs]).inputs

@@ -35,6 +35,7 @@ from typing import Literal
 import numpy as np
 from scipy.special import softmax
 
+from .model import argmax_mask
 from .tolerances import TIE_RTOL
 
 Attention = Literal["hardmax", "softmax"]
@@ -91,10 +92,7 @@ def argmax_sets(Z: np.ndarray, A: np.ndarray, rtol: float = TIE_RTOL) -> np.ndar
     so that exact ties of the geometry survive floating-point rounding. A zero row (``z_i``
     at the origin) ties with everything: uniform attention, as in the exact model.
     """
-    S = scores(Z, A)
-    top = S.max(axis=1, keepdims=True)
-    scale = np.abs(S).max(axis=1, keepdims=True)
-    return S >= top - rtol * scale
+    return argmax_mask(scores(Z, A), rtol)
 
 
 def attention_weights(

@@ -23,7 +23,11 @@ class ModelFileError(ExactformerError):
 
 
 class CompileError(ExactformerError):
-    """The construction could not be completed (e.g. no generic draw passed its checks)."""
+    """The data hits a documented limit of the construction (exit status 2), e.g. points too
+    close for float64 layers; the message names the limit and the remedy (often ``--exact``).
+
+    Failures that are no fault of the data are :class:`InternalError`.
+    """
 
 
 class InternalError(Exception):

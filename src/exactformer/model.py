@@ -51,6 +51,43 @@ class FeedForward:
         return {"eta": np.asarray(self.eta), "U": self.U, "b": self.b, "W": self.W}
 
 
+def argmax_mask(scores: np.ndarray, rtol: float = 0.0) -> np.ndarray:
+    """The argmax set of every row of scores (last axis = keys): hardmax attends to it.
+
+    ``rtol = 0``, the model's rule (docs/design.md §1): exact ties only. ``rtol > 0`` (the
+    float clustering dynamics, :mod:`exactformer.dynamics`): scores within ``rtol`` × the
+    row's largest |score| of its top tie too, so ties that are exact in the geometry survive
+    rounding.
+    """
+    top = scores.max(axis=-1, keepdims=True)
+    if rtol:
+        return scores >= top - rtol * np.abs(scores).max(axis=-1, keepdims=True)
+    return scores == top
+
+
+def attention_weights(scores: np.ndarray, attention: str = "hardmax",
+                      temperature: float = 1.0) -> tuple[np.ndarray, np.ndarray]:
+    """``(P, mask)`` from scores (last axis = keys): the attention of docs/design.md §1.
+
+    hardmax: P uniform on the argmax set (exact 1/count for rational scores); softmax:
+    ``softmax(s/τ)`` with the row maximum subtracted. ``mask`` is the argmax set (softmax:
+    the keys of largest weight). Hardmax is written here once; the other evaluations say why
+    they differ: the exact evaluator works on integer numerators
+    (:func:`exactformer.rational.hardmax_mix`, same rule), the PyTorch twin on tensors with
+    padding masks (:mod:`exactformer.torch`), the clustering dynamics with a tie tolerance
+    (:func:`argmax_mask`), and the softmax temperature reads score gaps, not weights
+    (:mod:`exactformer.compiler.temperature`).
+    """
+    if attention == "hardmax":
+        mask = argmax_mask(scores)
+        counts = mask.sum(axis=-1, keepdims=True)
+        return mask * nm.reciprocal_counts(counts, nm.is_exact(scores)), mask
+    z = scores / temperature
+    z = np.exp(z - z.max(axis=-1, keepdims=True))
+    P = z / z.sum(axis=-1, keepdims=True)
+    return P, P >= P.max(axis=-1, keepdims=True)
+
+
 @dataclass
 class SelfAttention:
     """``x_i ↦ ρ·x_i + Σ_j P_ij V x_j`` with scores ``⟨Q x_i, K x_j⟩`` (Q, K: h×d).
@@ -113,17 +150,9 @@ class SelfAttention:
         for idx in length_buckets(segments):
             q, k, v = QX[idx], KX[idx], VX[idx]  # (B, n, ·)
             scores = q @ np.swapaxes(k, 1, 2)  # (B, n, n)
-            if attention == "hardmax":
-                top = scores.max(axis=2, keepdims=True)
-                mask = scores == top
-                P = mask * nm.reciprocal_counts(mask.sum(axis=2, keepdims=True), exact)
-            else:
-                if exact:
-                    raise ValueError("softmax attention has no exact rational forward pass")
-                z = scores / temperature
-                z = np.exp(z - z.max(axis=2, keepdims=True))
-                P = z / z.sum(axis=2, keepdims=True)
-                mask = P >= P.max(axis=2, keepdims=True)
+            if exact and attention != "hardmax":
+                raise ValueError("softmax attention has no exact rational forward pass")
+            P, mask = attention_weights(scores, attention, temperature)
             mixed[idx] = P @ v
             if observe is not None:
                 observe(scores, mask, v, P if attention == "softmax" else None)

@@ -145,14 +145,9 @@ def _numpy_cache(model, steps: list[TraceStep]) -> dict:
 
 def _pattern(scores: np.ndarray, attention: str, temperature: float) -> np.ndarray:
     """The attention matrix of one sequence, as :class:`~exactformer.model.SelfAttention`."""
-    from . import numeric as nm
+    from .model import attention_weights
 
-    if attention == "hardmax":
-        mask = scores == scores.max(axis=1, keepdims=True)
-        return mask * nm.reciprocal_counts(mask.sum(axis=1, keepdims=True), nm.is_exact(scores))
-    z = scores / temperature
-    z = np.exp(z - z.max(axis=1, keepdims=True))
-    return z / z.sum(axis=1, keepdims=True)
+    return attention_weights(scores, attention, temperature)[0]
 
 
 def _torch_cache(model, seqs) -> list[dict]:

@@ -59,6 +59,7 @@ class Report:
     method: str = "float64"  # "exact rational", "interval", "ball arithmetic", "float64"
     delta: np.ndarray | None = None  # (N,) per sequence: certified (or observed) max-norm error
     where: str | None = None  # first sequence / token / block where the certificate fails
+    outputs: list | None = field(default=None, repr=False)  # per sequence, what was checked
 
     @property
     def passed(self) -> bool:
@@ -101,19 +102,16 @@ def verify(model: Transformer, dataset: Dataset, exact: bool | None = None,
         from .errors import DatasetError
 
         raise DatasetError(f"the model works on d = {model.d} but the data has d = {dataset.d}")
-    if dataset.labels is not None and not any(len(y) for y in dataset.targets):
-        from .classification import with_codes
+    from .classification import resolve_targets
 
-        if dataset.codes is not None:
-            dataset = with_codes(dataset, dataset.codes)
-        elif model.info.get("codes") is None:
-            from .errors import DatasetError
+    labels_only = dataset.labels is not None and not any(len(y) for y in dataset.targets)
+    if labels_only and dataset.codes is None and model.info.get("codes") is None:
+        from .errors import DatasetError
 
-            raise DatasetError("the data holds labels but the model is not a classification "
-                               "model (no class codes in its metadata): verify it against "
-                               "data with outputs, or compile the labels with --labels")
-        else:
-            dataset = with_codes(dataset, model.info.get("codes"), model.info.get("classes"))
+        raise DatasetError("the data holds labels but the model is not a classification "
+                           "model (no class codes in its metadata): verify it against "
+                           "data with outputs, or compile the labels with --labels")
+    dataset = resolve_targets(dataset, model.info.get("codes"), model.info.get("classes"))
     if exact is None:
         exact = model.exact
     if exact and model.attention == "softmax":
@@ -180,6 +178,7 @@ def verify(model: Transformer, dataset: Dataset, exact: bool | None = None,
         method=method,
         delta=delta,
         where=where,
+        outputs=outputs,
     )
 
 
@@ -311,4 +310,4 @@ def _ball_certified(model: Transformer, dataset: Dataset) -> Report:
     err = 0.0 if cert.passed else float("inf")
     return Report(N, True, err, err, 0, ok, ok.copy(), float("nan"), tol=0.0,
                   certificate=cert.message, certified=cert.passed, method="ball arithmetic",
-                  delta=np.full(N, err))
+                  delta=np.full(N, err), outputs=cert.outputs)

@@ -63,10 +63,9 @@ def compile(dataset: Dataset, attention: str = "hardmax", compact: bool = False,
     ``DRAWS`` draws; then the last failure is raised (:class:`VerificationError`: the check
     failed, or :class:`InternalError`). Bad data raises :class:`DatasetError` first.
     """
-    if dataset.labels is not None and not any(len(y) for y in dataset.targets):
-        from ..classification import with_codes
+    from ..classification import resolve_targets
 
-        dataset = with_codes(dataset, dataset.codes)  # classification: targets are codes
+    dataset = resolve_targets(dataset)  # classification: targets are the classes' codes
     if attention not in ("hardmax", "softmax"):
         raise ValueError(f"attention must be 'hardmax' or 'softmax', got {attention!r}")
     progress = as_callback(progress)
@@ -181,6 +180,8 @@ def _verify_compiled(model: Transformer, dataset: Dataset):
         model.info["float_realisation"] = bool(floats.passed)
         if floats.passed:
             model.info["float_delta"] = floats.max_delta
+        if not report.leaks:  # exact softmax: the ball certificate reports no weights
+            report.leaks = floats.leaks
     return report
 
 
@@ -192,8 +193,6 @@ def record_verification(model: Transformer, dataset: Dataset, report) -> None:
     certified max-norm distance of every output to its target (relative: ``/ scale``).
     ``info`` shows the claim as recorded, not re-proved (only ``verify`` proves).
     """
-    from ..verify import verify as run_verify
-
     model.info["max_rel_error"] = report.max_rel_error
     model.info["min_margin"] = report.min_margin
     model.info["verified_by"] = report.method
@@ -203,5 +202,4 @@ def record_verification(model: Transformer, dataset: Dataset, report) -> None:
         model.info["certified_delta"] = report.max_delta
         model.info["certified_delta_rel"] = report.max_delta / dataset.scale
     if model.attention == "softmax":
-        leaks = report.leaks or run_verify(model.as_float(), dataset).leaks
-        model.info["softmax_off_argmax_weight"] = {str(b): w for b, w in leaks}
+        model.info["softmax_off_argmax_weight"] = {str(b): w for b, w in report.leaks}

@@ -12,7 +12,7 @@ import numpy as np
 
 from .. import numeric as nm
 from ..craft import point_move
-from ..errors import CompileError
+from ..errors import InternalError
 from .geometry import broadcast_and_classify, choose_trapezoid, generic_positive
 from .state import ModelBuilder
 from .types import Analysis
@@ -62,7 +62,7 @@ def split_classes(builder: ModelBuilder, analysis: Analysis, rng: np.random.Gene
         if not todo:
             return rounds
         if rounds > st.n_sequences + 4:
-            raise CompileError("splitting sequences with equal means did not converge")
+            raise InternalError("internal: splitting sequences with equal means did not converge")
         if not compact:
             todo = todo[:1]
         pid = st.point_ids()

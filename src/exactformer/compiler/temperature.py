@@ -101,4 +101,5 @@ def softmax_collapse(st: TokenState, dest: Destinations, layer: SelfAttention, l
         if miss <= SOFTMAX_ACCEPT * SOFTMAX_EPS * spacing:
             return tau, X_new
         tau /= 2
-    raise CompileError("softmax: no temperature put every token within ε of its destination")
+    raise InternalError("internal: softmax: no temperature put every token within ε of its "
+                        "destination")
