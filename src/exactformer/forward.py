@@ -338,10 +338,12 @@ def _apply_wide_ff_exact(X: QMatrix, ff, xmax: float, sc: _Screen) -> None:
         X[rows] = ff(X[rows])
 
 
-def run(model, sequences, stats: list | None = None, trace: list | None = None) -> list:
+def run(model, sequences, stats: list | None = None, trace: list | None = None,
+        exact_rows: bool = False) -> list:
     """Outputs of ``model`` for many sequences at once (concatenated internally).
 
-    Exact (rational) when the model or an input is rational, float64 otherwise.
+    Exact (rational) when the model or an input is rational, float64 otherwise; exact
+    outputs are Fraction arrays, or with ``exact_rows`` one QMatrix per sequence.
     ``stats`` (a list) receives one dict per non-uniform attention layer with its score
     margin (and softmax leak); ``trace`` (a list) receives ``(name, states)`` after every
     layer, with every FF evaluated on its own (no runs).
@@ -380,6 +382,8 @@ def run(model, sequences, stats: list | None = None, trace: list | None = None) 
             X = blk.sa(X, segments, model.attention, model.temperature, observe=observe)
             if trace is not None:
                 trace.append((f"block {l} sa", _snapshot(X)))
+    if exact and exact_rows:
+        return [X[segments[j]:segments[j + 1]] for j in range(len(segments) - 1)]
     if exact:
         X = X.to_fractions()
     return np.split(X, segments[1:-1])

@@ -134,18 +134,22 @@ class SelfAttention:
         ``observe(scores, mask, values, P)``, if given, sees every block of equal-length
         sequences (mask = argmax set; P = softmax weights or None): the evaluator's margins.
         """
-        VX = self.values(X)
         exact = nm.is_exact(X)
         out = self.rho * X
         if self.uniform:
-            return out + nm.repeat_rows(nm.segment_means(VX, segments), np.diff(segments))
+            if isinstance(X, QMatrix):  # exact: mean(V x) = V·mean(x), N·d² products, not T·d²
+                return out + (nm.segment_means(X, segments) @ self.value_matrix().T).repeat(
+                    np.diff(segments))
+            return out + nm.repeat_rows(nm.segment_means(self.values(X), segments),
+                                        np.diff(segments))
         from .forward import length_buckets
 
         QX, KX = X @ self.Q.T, X @ self.K.T
         if isinstance(X, QMatrix):  # exact hardmax: integer scores, the same formula
             if attention != "hardmax":
                 raise ValueError("softmax attention has no exact rational forward pass")
-            return out + _exact_hardmax(QX, KX, VX, segments, observe)
+            return out + _exact_hardmax(self, X, QX, KX, segments, observe)
+        VX = self.values(X)
         mixed = nm.zeros(X.shape, exact)
         for idx in length_buckets(segments):
             q, k, v = QX[idx], KX[idx], VX[idx]  # (B, n, ·)
@@ -159,24 +163,29 @@ class SelfAttention:
         return out + mixed
 
 
-def _exact_hardmax(QX: QMatrix, KX: QMatrix, VX: QMatrix, segments, observe):
+def _exact_hardmax(sa: SelfAttention, X: QMatrix, QX: QMatrix, KX: QMatrix, segments,
+                   observe):
     """Σ_j P_ij V x_j for hardmax in exact arithmetic (:func:`exactformer.rational.hardmax_mix`).
 
-    ``observe`` sees the float images of the scores (margins are a report, not a proof) and
-    the exact argmax masks.
+    ``observe`` sees the float images of the scores and values (margins are a report, not a
+    proof) and the exact argmax masks.
     """
     from .forward import length_buckets
     from .rational import concatenate, hardmax_mix
 
     order, parts = [], []
+    Vf = None
     for idx in length_buckets(segments):
-        mixed, mask = hardmax_mix(QX, KX, VX, idx)
+        mixed, mask = hardmax_mix(QX, KX, X, sa.values, idx)
         order.append(idx.ravel())
         parts.append(mixed)
         if observe is not None:
+            if Vf is None:
+                Vf = X.floats() @ nm.to_float(sa.value_matrix()).T
             q, k = QX.floats()[idx], KX.floats()[idx]
-            observe(q @ np.swapaxes(k, 1, 2), mask, VX.floats()[idx], None)
-    out = QMatrix.zeros(VX.shape)
+            observe(q @ np.swapaxes(k, 1, 2), mask, Vf[idx], None)
+    dv = sa.value_matrix().shape[0]
+    out = QMatrix.zeros((len(X), dv))
     if parts:
         out[np.concatenate(order)] = concatenate(parts)
     return out
@@ -245,15 +254,17 @@ class Transformer:
         """Outputs for one ``(n, d)`` sequence (exact if the model or X is rational)."""
         return self.run([X])[0]
 
-    def run(self, sequences, stats: list | None = None, trace: list | None = None):
+    def run(self, sequences, stats: list | None = None, trace: list | None = None,
+            exact_rows: bool = False):
         """Outputs for many sequences at once: :func:`exactformer.forward.run`.
 
         ``stats`` (a list) receives one dict per attention layer with its score margin;
-        ``trace`` (a list) receives the concatenated token states after every layer.
+        ``trace`` (a list) receives the concatenated token states after every layer;
+        ``exact_rows``: exact outputs as QMatrix (integer rows) instead of Fractions.
         """
         from .forward import run
 
-        return run(self, sequences, stats=stats, trace=trace)
+        return run(self, sequences, stats=stats, trace=trace, exact_rows=exact_rows)
 
     # -- conversion --------------------------------------------------------------------------
     def _map(self, f) -> Transformer:

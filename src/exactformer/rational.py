@@ -27,7 +27,6 @@ _numerator = np.frompyfunc(lambda f: f.numerator, 1, 1)
 _denominator = np.frompyfunc(lambda f: f.denominator, 1, 1)
 _fraction = np.frompyfunc(Fraction, 2, 1)
 _to_fraction = np.frompyfunc(Fraction, 1, 1)
-_bit_length = np.frompyfunc(lambda v: v.bit_length(), 1, 1)
 
 
 def _float_parts(a: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -170,7 +169,8 @@ class QMatrix:
         """Largest bit length of a numerator or denominator."""
         if self.num.size == 0:
             return 0
-        return int(max(np.max(_bit_length(np.abs(self.num))), np.max(_bit_length(self.den))))
+        top = max(int(np.max(self.num)), -int(np.min(self.num)))  # comparisons run in C
+        return max(top.bit_length(), int(np.max(self.den)).bit_length())
 
     # -- indexing ------------------------------------------------------------------------
     def __getitem__(self, key) -> QMatrix:
@@ -198,6 +198,10 @@ class QMatrix:
     # -- arithmetic ----------------------------------------------------------------------
     def _add(self, other, sign: int) -> QMatrix:
         if isinstance(other, QMatrix):
+            if not other.num.any():  # x + 0 (e.g. ρ = 0, inactive units): no arithmetic
+                return self.copy()
+            if not self.num.any():
+                return other.copy() if sign == 1 else -other
             L = np.lcm(self.den, other.den)
             num = self.num * (L // self.den)[:, None] + sign * other.num * (L // other.den)[:, None]
             return QMatrix(num, L).normalized()
@@ -281,36 +285,90 @@ def segment_means(X: QMatrix, segments: np.ndarray) -> QMatrix:
     return QMatrix(sums, L * counts.astype(object)).normalized()
 
 
-def hardmax_mix(QX: QMatrix, KX: QMatrix, VX: QMatrix, idx: np.ndarray):
+def hardmax_mix(QX: QMatrix, KX: QMatrix, X: QMatrix, values, idx: np.ndarray):
     """Hardmax attention on a bucket of equal-length sequences (token indices ``idx`` (B, n)).
 
     Returns the mean of ``V x_j`` over each token's argmax set (rows in ``idx`` order, a
-    QMatrix) and the argmax mask (B, n, n). Scores ``⟨q_i, k_j⟩`` are compared as integers:
-    each sequence's keys are brought to one denominator, and a query's positive
-    denominator does not change its argmax.
+    QMatrix) and the argmax mask (B, n, n); ``values(rows)`` is ``V x`` for those rows.
+    The float images screen: a key whose float score is below the row's best float score
+    by more than twice a bound on the scores' rounding cannot be in the argmax set. The
+    others are compared exactly, as integers: each sequence's keys are brought to one
+    denominator, and a query's positive denominator does not change its argmax. ``V x_j``
+    is computed for the members of some argmax set only (in exact arithmetic the order of
+    a sum does not change its value).
     """
     B, n = idx.shape
     flat = idx.ravel()
-    seq_starts = np.arange(0, B * n, n)
-
-    def per_sequence_common(M: QMatrix) -> tuple[np.ndarray, np.ndarray]:
-        den = M.den[flat]
-        L = np.lcm.reduceat(den, seq_starts)
-        return M.num[flat] * (np.repeat(L, n) // den)[:, None], L
-
-    qn = QX.num[flat].reshape(B, n, -1)
-    kn, _ = per_sequence_common(KX)
-    scores = qn @ np.swapaxes(kn.reshape(B, n, -1), 1, 2)  # (B, n, n) integers
-    top = scores.max(axis=2, keepdims=True)
-    mask = scores == top
-    vn, Lv = per_sequence_common(VX)
-    b, i, j = np.nonzero(mask)  # lexicographic: grouped by (b, i)
+    q = QX.floats()[idx]  # (B, n, h)
+    k = KX.floats()[idx]
+    scores = q @ np.swapaxes(k, 1, 2)  # (B, n, n) float images
+    h = q.shape[2]
+    kmax = np.abs(k).sum(axis=2).max(axis=1)  # (B,) largest |k|₁ of each sequence
+    err = rounding_bound(np.abs(q).max(axis=2), kmax[:, None], h)  # (B, n)
+    top = scores.max(axis=2)
+    cand = scores >= (top - 2 * err)[:, :, None]
+    b, i, j = np.nonzero(cand)  # lexicographic: grouped by (b, i)
     rows = b * n + i
     first = np.flatnonzero(np.r_[True, rows[1:] != rows[:-1]])
-    sums = np.add.reduceat(vn[b * n + j], first, axis=0)
-    counts = np.diff(np.r_[first, len(rows)]).astype(object)
-    mixed = QMatrix(sums, Lv[b[first]] * counts).normalized()
-    return mixed, mask
+    single = np.diff(np.r_[first, len(rows)]) == 1
+    keep = np.ones(len(rows), dtype=bool)
+    if not np.all(single):  # exact integer scores for rows with several candidates
+        several = np.repeat(~single, np.diff(np.r_[first, len(rows)]))
+        bs, is_, js = b[several], i[several], j[several]
+        kd = KX.den[flat].reshape(B, n)
+        L = np.lcm.reduce(kd, axis=1)  # per sequence: one denominator for the keys
+        qn = QX.num[flat[bs * n + is_]]
+        kn = KX.num[flat[bs * n + js]] * (L[bs] // kd[bs, js])[:, None]
+        exact = (qn * kn).sum(axis=1)
+        r = rows[several]
+        starts = np.flatnonzero(np.r_[True, r[1:] != r[:-1]])
+        best = np.maximum.reduceat(exact, starts)
+        keep[several] = exact == np.repeat(best, np.diff(np.r_[starts, len(r)]))
+    b, i, j, rows = b[keep], i[keep], j[keep], rows[keep]
+    mask = np.zeros((B, n, n), dtype=bool)
+    mask[b, i, j] = True
+    members, at = np.unique(flat[b * n + j], return_inverse=True)
+    V = values(X[members])  # QMatrix (members, dv)
+    first = np.flatnonzero(np.r_[True, rows[1:] != rows[:-1]])
+    counts = np.diff(np.r_[first, len(rows)])
+    if np.all(counts == 1):
+        return V[at], mask
+    vd = V.den[at]
+    L = np.lcm.reduceat(vd, first)
+    vn = V.num[at] * (np.repeat(L, counts) // vd)[:, None]
+    sums = np.add.reduceat(vn, first, axis=0)
+    return QMatrix(sums, L * counts.astype(object)).normalized(), mask
+
+
+def exact_errors(out, targets: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Distances of exact outputs to their targets, 0.0 exactly when a row is its target.
+
+    ``out`` (n, d): one sequence's outputs (QMatrix or Fractions); ``targets`` (m, d).
+    Returns the max-norm error of each of the first m rows against its own target, and for
+    every later row the error to its nearest target and that target's index. Equality is
+    decided on reduced integer rows; distances are computed in Fractions only for rows
+    that differ (a failing model), else they are 0.
+    """
+    Q = out if isinstance(out, QMatrix) else QMatrix.of(out)
+    Y = QMatrix.of(targets)
+    m = len(Y)
+    keys = Q.row_keys()
+    ykeys = Y.row_keys()
+    prefix = np.zeros(m)
+    for k in range(min(m, len(Q))):
+        if keys[k] != ykeys[k]:
+            prefix[k] = float(np.max(np.abs(Q.row(k) - Y.row(k))))
+    index = {key: t for t, key in reversed(list(enumerate(ykeys)))}
+    rest = np.zeros(max(len(Q) - m, 0))
+    near = np.zeros(len(rest), dtype=np.int64)
+    for k in range(m, len(Q)):
+        t = index.get(keys[k])
+        if t is None:
+            dist = [float(np.max(np.abs(Q.row(k) - Y.row(i)))) for i in range(m)]
+            t = int(np.argmin(dist)) if dist else 0
+            rest[k - m] = dist[t] if dist else np.inf
+        near[k - m] = t
+    return prefix, rest, near
 
 
 def is_q(a) -> bool:

@@ -121,8 +121,9 @@ def verify(model: Transformer, dataset: Dataset, exact: bool | None = None,
     stats: list = []
     radii = None
     certificate = where = None
-    if exact:
-        outputs = model.run([nm.to_exact(x) for x in dataset.inputs], stats=stats)
+    if exact:  # an exact model reads float inputs exactly (no Fraction round trip)
+        inputs = dataset.inputs if model.exact else [nm.to_exact(x) for x in dataset.inputs]
+        outputs = model.run(inputs, stats=stats, exact_rows=True)
     elif certify and _CERTIFIED_EVALUATOR:
         from .forward import run_certified
 
@@ -138,7 +139,7 @@ def verify(model: Transformer, dataset: Dataset, exact: bool | None = None,
     accuracy = None
     if dataset.labels is not None:
         codes = nm.to_float(np.asarray(dataset.codes))
-        first = np.stack([nm.to_float(o[0]) for o in outputs])
+        first = np.stack([nm.to_float(o[0]).reshape(-1) for o in outputs])
         pred = np.argmin(np.linalg.norm(first[:, None] - codes[None], axis=2), axis=1)
         accuracy = float(np.mean(pred == np.asarray(dataset.labels)))
     certified = None
@@ -217,17 +218,10 @@ class PassRule:
             m = len(y)
             ids = self.target_id[self.offsets[j]:self.offsets[j + 1]]
             rad = None if radii is None else radii[j]
-            if exact:
-                yy = nm.to_exact(y)
-                diff = np.abs(out[:m] - yy)
-                err = np.array([float(r.max()) for r in diff]) if m else np.zeros(0)
-                rest = out[m:]
-                near = np.zeros(len(rest), dtype=np.int64)
-                rest_err = np.zeros(len(rest))
-                for k, row in enumerate(rest):
-                    dist = [float(np.max(np.abs(row - t))) for t in yy]
-                    near[k] = int(np.argmin(dist))
-                    rest_err[k] = dist[near[k]]
+            if exact:  # 0.0 exactly when equal (exactformer.rational.exact_errors)
+                from .rational import exact_errors
+
+                err, rest_err, near = exact_errors(out, y)
                 obs, dl = np.concatenate([err, rest_err]), np.concatenate([err, rest_err])
             else:
                 out = np.asarray(out, dtype=np.float64)

@@ -141,9 +141,14 @@ def dyadic_direction(v: np.ndarray) -> np.ndarray:
     return np.round(np.asarray(v, dtype=np.float64) * 1024) / 1024
 
 
-def screen_slack(X: QMatrix, v: np.ndarray) -> float:
-    """Bound on ``|⟨v, x⟩ − fl(⟨v, fl(x)⟩)|`` over the tokens, for a dyadic float ``v``."""
-    xmax = float(np.abs(X.floats()).max()) if len(X) else 0.0
+def screen_slack(X: QMatrix, v: np.ndarray, rows=None):
+    """Bound on ``|⟨v, x⟩ − fl(⟨v, fl(x)⟩)|`` for a dyadic float ``v``: over all tokens, or
+    per token of ``rows`` (an array)."""
+    Xf = X.floats() if rows is None else X.floats()[rows]
+    if rows is None:
+        xmax = float(np.abs(Xf).max()) if len(Xf) else 0.0
+    else:
+        xmax = np.abs(Xf).max(axis=1) if len(Xf) else np.zeros(0)
     return rounding_bound(xmax, float(np.abs(v).sum()), X.shape[1])
 
 
@@ -159,8 +164,7 @@ def exact_trapezoid(X: QMatrix, mine: np.ndarray, v, floor: float, rows: np.ndar
     token off the support; ``rows`` of the result are the tokens the layer can touch.
     """
     vf = nm.to_float(v)
-    slack = screen_slack(X, vf)
-    keep = t_rows > floor - 2 * slack
+    keep = t_rows > floor - 2 * screen_slack(X, vf, np.asarray(rows))
     cand = np.asarray(rows)[keep]
     at = np.searchsorted(cand, mine)
     if np.any(at >= len(cand)) or np.any(cand[np.minimum(at, len(cand) - 1)] != mine):
@@ -266,7 +270,8 @@ class CandidateScreen:
         self.floor = tz - GAP_CAP * spread
         low = self.floor
         if self.exact:
-            low = self.floor - 2 * np.array([screen_slack(Xq, v) for v in V])
+            xmax = float(np.abs(X).max()) if len(X) else 0.0
+            low = self.floor - 2 * rounding_bound(xmax, np.abs(V).sum(axis=1), Xq.shape[1])
         rows, cols, _ = pairs_above(X, V, low)
         order = np.argsort(cols, kind="stable")
         cuts = np.searchsorted(cols[order], np.arange(len(mines) + 1))
