@@ -74,6 +74,11 @@ def require(target: str) -> None:
         if importlib.util.find_spec(mod) is None:
             raise MissingExtraError(f"export --to {target} needs {mod}: "
                                     f"pip install 'exactformer[{extra}]'")
+    if target == "transformer-lens" and importlib.util.find_spec(
+            "transformer_lens.HookedTransformer") is None:
+        raise MissingExtraError("export --to transformer-lens writes a HookedTransformer, which "
+                                "TransformerLens 4 removed: pip install 'exactformer[lens]' "
+                                "(transformer-lens<4)")
 
 
 def probe(model: Transformer, seed: int = 0, lengths=(1, 2, 3, 5, 8, 8)) -> list[np.ndarray]:
