@@ -40,8 +40,11 @@ def save(model, path) -> None:
         "d": str(model.d),
         "n_blocks": str(model.n_blocks),
         "block_kinds": json.dumps([b.kind for b in model.blocks]),
-        "info": json.dumps(model.info, default=str),
+        "info": json.dumps({k: v for k, v in model.info.items() if k != "mechanism"},
+                           default=str),
     }
+    if "mechanism" in model.info:  # its own key: large (per token), read by `explain`
+        meta["mechanism"] = json.dumps(model.info["mechanism"], default=str)
     if rational:
         meta["rational"] = json.dumps(rational)
     write_atomic(path, lambda tmp: save_file(tensors, tmp, metadata=meta))
@@ -120,6 +123,7 @@ def load(path) -> Transformer:
         kinds = json.loads(meta.get("block_kinds", "[]"))
         info = json.loads(meta.get("info", "{}"))
         rational = json.loads(meta.get("rational", "{}"))
+        mechanism = json.loads(meta["mechanism"]) if "mechanism" in meta else None
     except json.JSONDecodeError as exc:
         raise ModelFileError(f"{path}: corrupt metadata ({exc})") from None
     except RecursionError:
@@ -128,6 +132,8 @@ def load(path) -> Transformer:
         raise ModelFileError(f"{path}: metadata 'info' must be a JSON object, "
                              f"got {type(info).__name__}")
     _check_classes(path, info, d)
+    if isinstance(mechanism, dict):
+        info["mechanism"] = mechanism
     _check_rational_cover(path, rational, tensors)
     if not isinstance(kinds, list) or len(kinds) != n_blocks:
         kinds = [""] * n_blocks

@@ -1,4 +1,5 @@
-"""Export command: a model to ONNX or TransformerLens, checked before it is written."""
+"""Interpretability commands: export (ONNX, TransformerLens, checked before writing) and
+explain (the mechanism annotations of a compiled model)."""
 
 from __future__ import annotations
 
@@ -30,3 +31,34 @@ def export_cmd(
     dataset = None if data is None else load_dataset(data, require_targets=False)
     report = export(model_path, to, out or model_path.with_suffix(SUFFIX[to]), dataset, seed)
     console.print(report.summary(), highlight=False, soft_wrap=True)
+
+
+@app.command("explain")
+@user_errors
+def explain_cmd(
+    model_path: Path = typer.Argument(..., metavar="MODEL", help="Model file (.safetensors)."),
+    data: Path = typer.Argument(..., help="The dataset it was compiled from."),
+    out: Path = typer.Option(None, "-o", "--out", help="Figure to write (default: "
+                             "MODEL with .mechanism.png)."),
+    sequences: int = typer.Option(10, help="Sequences to print."),
+):
+    """The mechanism of a compiled MODEL on DATA: block roles, each sequence's leaders and
+    destinations, the block where each token's value becomes final (printed and plotted)."""
+    from ..dataset import load_dataset
+    from ..mechanism import annotations, describe, plot
+    from ..model import Transformer
+
+    model = Transformer.load(model_path)
+    dataset = load_dataset(data, require_targets=False)
+    try:
+        mech = annotations(model, dataset.inputs)
+    except ValueError as exc:
+        fail(f"{model_path}: {exc}")
+    if len(mech["leaders"]) != dataset.n_sequences:
+        fail(f"{data} has {dataset.n_sequences} sequences, the model was compiled from "
+             f"{len(mech['leaders'])}")
+    for line in describe(model, mech, sequences):
+        console.print(line, highlight=False, markup=False, soft_wrap=True)
+    path = out or model_path.with_suffix(".mechanism.png")
+    plot(model, mech, path)
+    console.print(f"figure: {path}", style="dim")

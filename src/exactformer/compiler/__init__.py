@@ -18,6 +18,8 @@ import numpy as np
 from .. import numeric as nm
 from ..dataset import Dataset
 from ..errors import DatasetError, InternalError, VerificationError
+from ..mechanism import KEY as MECHANISM
+from ..mechanism import record as record_mechanism
 from ..model import Transformer
 from ..progress import as_callback
 from ..tolerances import COLLAPSE_TOL
@@ -130,6 +132,7 @@ def _build(dataset, analysis, attention, compact, exact, rng, progress) -> Trans
     if attention == "softmax":
         tau, X_new = softmax_collapse(state, dest, layer, line, targets)
     builder.add_sa(layer, "collapse", attention, tau, X_new=X_new)
+    collapse_block = len(builder.blocks) - 1
     if not line.folded:
         if attention == "hardmax":
             check_collapsed(builder, dest, tol=COLLAPSE_TOL)
@@ -137,12 +140,15 @@ def _build(dataset, analysis, attention, compact, exact, rng, progress) -> Trans
     # exact softmax simulates the ideal collapse: leave room for the certified ε
     widen = attention == "softmax" and exact
     n_snaps = snap_all(builder, dest, targets, line, compact, progress, widen=widen)
-    return Transformer(builder.blocks, dataset.d, attention, float(tau), info={
+    model = Transformer(builder.blocks, dataset.d, attention, float(tau), info={
         "split_rounds": rounds,
         "moved_leaders": len(dest.moves),
         "snap_layers": n_snaps,
         "destinations": len(dest.target),
     })
+    model.info[MECHANISM] = record_mechanism(state, dest, collapse_block, model,
+                                             dataset.inputs)
+    return model
 
 
 def check_targets_separable(dataset: Dataset) -> None:
