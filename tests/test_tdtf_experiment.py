@@ -178,3 +178,14 @@ def test_quick_experiment(tmp_path):
         assert (tmp_path / fig).stat().st_size > 5000 and f"]({fig})" in readme
     vpt = r["per_system"]["lorenz"]["TD-TF"]["vpt_mean"]["mean"]
     assert f"{vpt:.3g}" in readme  # captions are built from the numbers
+
+
+@pytest.mark.slow
+def test_quick_ablation(tmp_path):
+    res = invoke("experiment", "tdtf", "--quick", "--ablation", "--out", tmp_path)
+    assert res.exit_code == 0, res.output
+    r = json.loads((tmp_path / "ablation.json").read_text())
+    assert [row["variant"] for row in r["rows"]] == list(exp.ABLATIONS)
+    assert all(row["TD-TF"]["one_step"] > 0 for row in r["rows"])
+    table = (tmp_path / "ablation.md").read_text()
+    assert all(name in table for name in exp.ABLATIONS)

@@ -229,6 +229,7 @@ class TDTFConfig:
     patience: int = 25  # epochs without a better validation loss before stopping
     val_fraction: float = 0.2  # the last part of every series validates
     rollout_steps: int = 1  # H: loss over H autoregressive steps (1 = one-step loss)
+    scale_increments: bool = True  # δ = spread of the increments (False: δ = 1)
     seed: int = 0
 
     def check(self) -> None:
@@ -467,7 +468,7 @@ class TDTF:
             raise SeriesError("a variable is constant over the training part; drop it")
         steps = np.concatenate([np.diff(s, axis=0) for s in tr_parts]) / sigma
         delta = np.sqrt((steps ** 2).mean(axis=0))
-        delta = np.where(delta > 0, delta, 1.0)
+        delta = np.where((delta > 0) & cfg.scale_increments, delta, 1.0)
         model = cls.new(d, cfg, mu, sigma, delta)
         model.log = _train(model, torch.from_numpy((tr - mu) / sigma),
                            torch.from_numpy((va - mu) / sigma), progress)

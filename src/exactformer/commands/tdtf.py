@@ -117,6 +117,8 @@ def experiment_cmd(
                                                     "quick: 0)."),
     systems: str = typer.Option(None, "--systems", help="Comma-separated subset of "
                                                         "near_linear,lorenz,reaction_diffusion."),
+    ablation: bool = typer.Option(False, "--ablation", help="Instead: the Lorenz ablation "
+                                                            "(ablation.json, ablation.md)."),
 ):
     """TD-TF vs TD-DMD (and PyDMD HankelDMD) on generated near-linear, Lorenz '63 and
     λ–ω reaction–diffusion data: errors, valid prediction time, attractor statistics."""
@@ -135,6 +137,10 @@ def experiment_cmd(
         out.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         fail(f"cannot create output directory {out}: {exc.strerror or exc}")
+    if ablation:
+        a = exp.ablation(out, quick=quick, seeds=seed_list or (0,), log=_say)
+        _say(f"{a['wall_s']:.0f} s wall, {a['cpu_s']:.0f} s CPU → {out / 'ablation.md'}")
+        return
     r = exp.run(out, quick=quick, seeds=seed_list, systems=chosen, log=_say)
     from ..experiments.tdtf_report import claims_text
 
