@@ -37,7 +37,7 @@ def series_csv(tmp_path):
 
 def test_fit_and_forecast(tmp_path, series_csv):
     model = tmp_path / "m.safetensors"
-    res = invoke("tdtf", "fit", series_csv, "-o", model, "-K", 4, "--epochs", 3, "-q")
+    res = invoke("tdtf", "fit", series_csv, "-o", model, "-K", 4, "--epochs", 3)
     assert res.exit_code == 0, res.output
     assert "TD-DMD" in res.output and model.exists()
     out = tmp_path / "f.npz"
@@ -55,16 +55,17 @@ def test_fit_and_forecast(tmp_path, series_csv):
 
 
 def test_bad_input_is_one_line_exit_2(tmp_path, series_csv):
-    one_line_error(invoke("tdtf", "fit", tmp_path / "none.csv", "-o", tmp_path / "m"),
+    m = tmp_path / "m.safetensors"
+    one_line_error(invoke("tdtf", "fit", tmp_path / "none.csv", "-o", m),
                    "no such file")
     bad = tmp_path / "bad.csv"
     bad.write_text("1,2\n3,x\n")
-    one_line_error(invoke("tdtf", "fit", bad, "-o", tmp_path / "m"), "not a number")
-    one_line_error(invoke("tdtf", "fit", series_csv, "-o", tmp_path / "m", "--activation",
-                          "relu9"), "activation")
+    one_line_error(invoke("tdtf", "fit", bad, "-o", m), "not a number")
+    one_line_error(invoke("tdtf", "fit", series_csv, "-o", m, "--activation", "relu9"),
+                   "activation")
     short = tmp_path / "short.csv"
     short.write_text("1,2\n3,4\n5,7\n")
-    one_line_error(invoke("tdtf", "fit", short, "-o", tmp_path / "m"), "too few rows")
+    one_line_error(invoke("tdtf", "fit", short, "-o", m), "too few rows")
     one_line_error(invoke("tdtf", "forecast", series_csv, series_csv, "-n", 3, "-o",
                           tmp_path / "f.npz"), "not a readable")
     model = tmp_path / "m.safetensors"
@@ -76,6 +77,10 @@ def test_bad_input_is_one_line_exit_2(tmp_path, series_csv):
                    "d = 3")
     one_line_error(invoke("tdtf", "forecast", model, series_csv, "-n", 0, "-o",
                           tmp_path / "f.npz"), "--steps")
+    one_line_error(invoke("tdtf", "forecast", model, series_csv, "-n", 2, "-o",
+                          tmp_path / "f.json"), ".npz or .csv")
+    res = invoke("tdtf", "forecast", model, series_csv, "-n", 2, "-o", tmp_path / "q.csv", "-q")
+    assert res.exit_code == 0 and res.output == "" and (tmp_path / "q.csv").exists()
     one_line_error(invoke("experiment", "tdtf", "--out", tmp_path / "o", "--systems", "duffing"),
                    "unknown system")
 

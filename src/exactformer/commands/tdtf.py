@@ -11,7 +11,16 @@ from pathlib import Path
 import numpy as np
 import typer
 
-from ..cli import app, console, experiment_app, fail, user_errors
+from ..cli import (
+    QUIET,
+    app,
+    console,
+    experiment_app,
+    fail,
+    output_directory,
+    output_file,
+    user_errors,
+)
 
 tdtf_app = typer.Typer(help="Time-delayed transformer (TD-TF) on your own time series.",
                        no_args_is_help=True)
@@ -45,12 +54,13 @@ def fit_cmd(
                                             "stopping."),
     lr: float = typer.Option(3e-3, "--lr", help="Adam learning rate."),
     seed: int = typer.Option(0, help="Seed of initialisation and shuffles."),
-    quiet: bool = typer.Option(False, "--quiet", "-q", help="No per-epoch progress."),
+    quiet: bool = QUIET,
 ):
     """Train a TD-TF on DATA; print its validation one-step error next to TD-DMD's."""
     _require_torch()
     from ..tdtf import TDDMD, TDTF, TDTFConfig, delay_windows, load_series
 
+    output_file(out, "-o", (".safetensors",), inputs=[data])
     x = load_series(data)
     cfg = TDTFConfig(window=window, epochs=epochs, rollout_steps=rollout_steps,
                      activation=activation, val_fraction=val_fraction, lr=lr, seed=seed)
@@ -89,6 +99,7 @@ def forecast_cmd(
                                           "the rollout."),
     steps: int = typer.Option(..., "--steps", "-n", help="Number of states to forecast."),
     out: Path = typer.Option(..., "-o", "--out", help="Forecast (.npz with x, or .csv)."),
+    quiet: bool = QUIET,
 ):
     """Autoregressive rollout of MODEL from the end of DATA; writes (steps, d)."""
     _require_torch()
@@ -96,8 +107,7 @@ def forecast_cmd(
 
     if steps < 1:
         fail(f"--steps must be at least 1, got {steps}")
-    if out.suffix.lower() not in (".npz", ".csv"):
-        fail(f"{out}: the forecast is written as .npz or .csv")
+    output_file(out, "-o", (".npz", ".csv"), inputs=[data, model_path])
     model = TDTF.load(model_path)
     x = load_series(data)
     pred = model.forecast(x, steps)
@@ -119,6 +129,7 @@ def experiment_cmd(
                                                         "near_linear,lorenz,reaction_diffusion."),
     ablation: bool = typer.Option(False, "--ablation", help="Instead: the Lorenz ablation "
                                                             "(ablation.json, ablation.md)."),
+    quiet: bool = QUIET,
 ):
     """TD-TF vs TD-DMD (and PyDMD HankelDMD) on generated near-linear, Lorenz '63 and
     λ–ω reaction–diffusion data: errors, valid prediction time, attractor statistics."""
@@ -133,10 +144,7 @@ def experiment_cmd(
     unknown = [s for s in chosen if s not in exp.SYSTEMS]
     if unknown:
         fail(f"unknown system(s) {', '.join(unknown)}; choose from {', '.join(exp.SYSTEMS)}")
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        fail(f"cannot create output directory {out}: {exc.strerror or exc}")
+    output_directory(out)
     if ablation:
         a = exp.ablation(out, quick=quick, seeds=seed_list or (0,), log=_say)
         _say(f"{a['wall_s']:.0f} s wall, {a['cpu_s']:.0f} s CPU → {out / 'ablation.md'}")
