@@ -5,8 +5,10 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import traceback
 from collections import Counter
 from fractions import Fraction
+from typing import NamedTuple
 
 import numpy as np
 import pytest
@@ -58,8 +60,41 @@ def near_duplicates(ds, tol=1e-7) -> bool:
     return bool(d.min() < tol * scale)
 
 
-def run_cli(*args, cwd=None, timeout=600):
-    """Run ``python -m exactformer ARGS`` as a user would; returns the CompletedProcess."""
+class CliResult(NamedTuple):
+    """What a command printed and returned (the fields of a ``CompletedProcess``)."""
+
+    returncode: int
+    stdout: str
+    stderr: str
+
+
+def run_cli(*args, cwd=None) -> CliResult:
+    """Run ``exactformer ARGS`` in this process (typer's CliRunner): the same exit status and
+    output as a user's shell shows, without the interpreter's start-up. An exception that
+    escapes the command lands on stderr as its traceback, as it would in a real process.
+    """
+    from typer.testing import CliRunner
+
+    from exactformer.cli import app
+
+    old = os.getcwd()
+    if cwd is not None:
+        os.chdir(cwd)
+    try:
+        result = CliRunner().invoke(app, [str(a) for a in args], env={"COLUMNS": "120"})
+    finally:
+        os.chdir(old)
+    stderr = result.stderr
+    if result.exc_info is not None and not isinstance(result.exception, SystemExit):
+        stderr += "".join(traceback.format_exception(*result.exc_info))
+    return CliResult(result.exit_code, result.stdout, stderr)
+
+
+def run_cli_process(*args, cwd=None, timeout=600) -> subprocess.CompletedProcess:
+    """Run ``python -m exactformer ARGS`` as a separate process, exactly as a user would.
+
+    Costs ~1 s of start-up each: kept for one end-to-end test per command.
+    """
     return subprocess.run([sys.executable, "-m", "exactformer", *map(str, args)], cwd=cwd,
                           capture_output=True, text=True, timeout=timeout,
                           env={**os.environ, "COLUMNS": "120", "MPLBACKEND": "Agg"})

@@ -4,18 +4,19 @@ import json
 
 import pytest
 
-from conftest import run_cli
+from conftest import run_cli_process
 from exactformer.bench import Case, check_targets, derived, fit_exponent, grid
 
 
 @pytest.fixture(scope="module")
 def quick(tmp_path_factory):
     out = tmp_path_factory.mktemp("bench")
-    proc = run_cli("bench", "--quick", "--out", out, timeout=300)
+    proc = run_cli_process("bench", "--quick", "--out", out, timeout=600)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     return out
 
 
+@pytest.mark.slow
 def test_quick_bench_writes_json_markdown_and_png(quick):
     result = json.loads((quick / "bench.json").read_text())
     rows = result["rows"]
@@ -41,6 +42,7 @@ def test_quick_bench_writes_json_markdown_and_png(quick):
     assert (quick / "bench.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+@pytest.mark.slow
 def test_quick_bench_compile_vs_learn(quick):
     learn = json.loads((quick / "bench.json").read_text())["learn"]
     if not learn.get("available"):

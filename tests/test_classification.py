@@ -8,7 +8,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import exactformer as ef
-from conftest import run_cli
+from conftest import run_cli, run_cli_process
 from exactformer import DatasetError, InfeasibleError
 from exactformer.classification import default_codes, from_labels, predict, with_codes
 
@@ -70,7 +70,7 @@ def test_labels_through_the_cli(tmp_path):
     proc = run_cli("verify", model, data)
     assert proc.returncode == 0 and "accuracy 100.00 %" in proc.stdout
     out = tmp_path / "classes.json"
-    proc = run_cli("predict", model, data, "-o", out)
+    proc = run_cli_process("predict", model, data, "-o", out)  # end to end, as a process
     assert proc.returncode == 0, proc.stderr
     assert json.loads(out.read_text()) == labels
     # a model without codes cannot predict

@@ -1,11 +1,15 @@
-"""The command line as a user runs it: subprocesses, exit codes, one-line errors, files."""
+"""The command line as a user runs it: exit codes, one-line errors, files.
+
+Commands run in process (typer's CliRunner, :func:`conftest.run_cli`); one test per command
+runs it as a separate process (:func:`conftest.run_cli_process`), end to end.
+"""
 
 import json
 
 import numpy as np
 import pytest
 
-from conftest import run_cli
+from conftest import run_cli, run_cli_process
 from exactformer import Dataset, Transformer, save_dataset
 
 
@@ -48,6 +52,22 @@ def test_compile_verify_info_run(tmp_path, data_file, flags):
         with np.load(data_file) as ref:
             first = z["outputs"][0]
             np.testing.assert_allclose(first, ref["outputs"][0], atol=1e-12)
+
+
+def test_compile_verify_info_run_as_processes(tmp_path, data_file):
+    """End to end: each core command as its own process, as a user's shell runs it."""
+    model, out = tmp_path / "m.safetensors", tmp_path / "out.npz"
+    proc = run_cli_process("compile", data_file, "-o", model)
+    assert proc.returncode == 0 and "PASS" in proc.stdout, proc.stderr
+    proc = run_cli_process("verify", model, data_file)
+    assert proc.returncode == 0 and "PASS" in proc.stdout, proc.stderr
+    proc = run_cli_process("info", model)
+    assert proc.returncode == 0 and "collapse" in proc.stdout, proc.stderr
+    proc = run_cli_process("run", model, data_file, "-o", out)
+    assert proc.returncode == 0 and out.stat().st_size > 0, proc.stderr
+    proc = run_cli_process("verify", tmp_path / "missing.safetensors", data_file)
+    assert proc.returncode == 2 and proc.stderr.startswith("error: ")
+    assert "Traceback" not in proc.stderr
 
 
 def test_verify_fails_on_a_tampered_model(tmp_path, data_file):
@@ -150,7 +170,7 @@ def test_dimension_mismatch_is_bad_input(tmp_path, data_file):
 
 
 def test_demo(tmp_path):
-    proc = run_cli("demo", "--out", tmp_path / "demo")
+    proc = run_cli_process("demo", "--out", tmp_path / "demo")  # end to end, as a process
     assert proc.returncode == 0, proc.stderr
     assert "PASS" in proc.stdout and "exact rational" in proc.stdout
     assert "0 abs, 0 rel" in proc.stdout

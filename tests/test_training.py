@@ -11,7 +11,7 @@ import pytest
 torch = pytest.importorskip("torch")
 
 import exactformer as ef  # noqa: E402
-from conftest import random_dataset, run_cli  # noqa: E402
+from conftest import random_dataset, run_cli, run_cli_process  # noqa: E402
 from exactformer import training as tr  # noqa: E402
 from exactformer.torch import (  # noqa: E402
     TorchBlock,
@@ -144,17 +144,19 @@ def test_ctrl_c_saves_and_returns(rng, tmp_path):
 def test_cli_train_compiled(rng, tmp_path):
     data = random_dataset(rng, N=4, n=(3, 5), d=3)
     ef.save_dataset(data, tmp_path / "d.npz")
-    r = run_cli("train", tmp_path / "d.npz", "-o", tmp_path / "m.safetensors", "--init",
-                "compiled", "--epochs", "5", "--weight-decay", "1e-3")
+    r = run_cli_process("train", tmp_path / "d.npz", "-o", tmp_path / "m.safetensors",
+                        "--init", "compiled", "--epochs", "5", "--weight-decay", "1e-3")
     assert r.returncode == 0, r.stderr
     rows = (tmp_path / "m.log.csv").read_text().splitlines()
     assert rows[0] == "epoch,loss,penalty,sq_norm,lr,seconds" and len(rows) == 6
     assert float(rows[1].split(",")[1]) < 1e-20  # starts exact
 
 
+@pytest.mark.slow
 def test_experiment_tikhonov_quick_cli(tmp_path):
+    """The quick experiment end to end as a process (~50 s of CPU: the slow lane)."""
     out = tmp_path / "tik"
-    r = run_cli("experiment", "tikhonov", "--quick", "--out", out)
+    r = run_cli_process("experiment", "tikhonov", "--quick", "--out", out)
     assert r.returncode == 0, r.stderr
     assert (out / "fig1a_loss_curves.png").stat().st_size > 10_000
     assert (out / "fig1b_minimal_loss_vs_eps.png").stat().st_size > 10_000
