@@ -43,7 +43,7 @@ def test_annotation_is_the_mechanism_the_model_runs(tmp_path, kw):
     # final blocks: after them the value never changes, and it is the model's output
     fb = final_blocks(loaded, data.inputs)
     assert [f.tolist() for f in fb] == mech["final_block"]
-    for j, f in enumerate(fb):
+    for f in fb:
         assert np.all(f > c) and np.all(f < loaded.n_blocks)
 
 

@@ -39,7 +39,8 @@ def record(state, dest, collapse_block: int, model=None, sequences=None) -> dict
            "token_destination": token_dest,
            "destination_target": np.asarray(dest.target).astype(int).tolist(),
            "destinations": nm.to_float(np.asarray(dest.point)).tolist()}
-    if model is not None and sequences is not None and \
+    exact_softmax = model is not None and model.exact and model.attention == "softmax"
+    if model is not None and sequences is not None and not exact_softmax and \
             sum(len(x) for x in sequences) * model.n_blocks <= FINAL_BLOCKS_BUDGET:
         out["final_block"] = [f.tolist() for f in final_blocks(model, sequences)]
     return out

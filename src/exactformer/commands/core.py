@@ -282,6 +282,7 @@ def demo_cmd(
 
     from ..demo import demo_dataset
     from ..figures import plot_trajectories
+    from ..numeric import to_float
 
     _attention(attention)
     output_directory(out)
@@ -308,7 +309,7 @@ def demo_cmd(
     outputs = report.outputs  # exact outputs (softmax: the certificate's, exp is not rational)
     for j, (x, y) in enumerate(zip(dataset.inputs, outputs)):
         m = len(dataset.targets[j])
-        shown = ", ".join(f"({a:g}, {b:g})" for a, b in nm.to_float(y[:m]))
+        shown = ", ".join(f"({a:g}, {b:g})" for a, b in to_float(y[:m]))
         console.print(f"  sequence {j}: {len(x)} tokens → read-out {shown}", highlight=False)
     console.print("wrote " + ", ".join(str(p) for p in [out / "demo.json",
                                                          out / "demo.safetensors", *figs]))
