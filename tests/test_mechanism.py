@@ -62,3 +62,20 @@ def test_explain_prints_and_plots(tmp_path):
     r = CliRunner().invoke(app, ["explain", str(tmp_path / "m.safetensors"),
                                  str(tmp_path / "o.npz")])
     assert r.exit_code == 2 and "compiled from" in r.output
+
+
+@pytest.mark.slow
+def test_ground_truth_experiment(tmp_path):
+    pytest.importorskip("torch")
+    r = CliRunner().invoke(app, ["experiment", "ground-truth", "--quick", "--out",
+                                 str(tmp_path)])
+    assert r.exit_code == 0, r.output
+    import json
+
+    results = json.loads((tmp_path / "results.json").read_text())
+    assert len(results) >= 4 and (tmp_path / "ground_truth.png").exists()
+    for res in results.values():
+        for method in ("attention_inspection", "activation_patching"):
+            m = res[method]
+            assert 0 <= m["precision"] <= 1 and 0 <= m["recall"] <= 1
+            assert m["collapse_rank"] is None or 1 <= m["collapse_rank"] <= m["of_blocks"]

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import typer
 
-from ..cli import app, console, fail, user_errors
+from ..cli import app, console, experiment_app, fail, user_errors
 
 
 @app.command("export")
@@ -62,3 +62,30 @@ def explain_cmd(
     path = out or model_path.with_suffix(".mechanism.png")
     plot(model, mech, path)
     console.print(f"figure: {path}", style="dim")
+
+
+@experiment_app.command("ground-truth")
+@user_errors
+def ground_truth_cmd(
+    out: Path = typer.Option(..., "--out", help="Directory for results.json and the figure."),
+    quick: bool = typer.Option(False, "--quick", help="Smaller datasets (a pipeline check)."),
+    seed: int = typer.Option(0, help="Seed of the datasets."),
+):
+    """Score attention inspection and activation patching against the compiled mechanism:
+    precision/recall of leader recovery, rank of the collapse block (needs the torch extra)."""
+    import importlib.util
+
+    if importlib.util.find_spec("torch") is None:
+        fail("experiment ground-truth needs torch: pip install 'exactformer[torch]'")
+    from ..experiments.ground_truth import run
+
+    out.mkdir(parents=True, exist_ok=True)
+    results = run(out, quick=quick, seed=seed)
+    for name, r in results.items():
+        ai, ap = r["attention_inspection"], r["activation_patching"]
+        console.print(f"{name}: {r['blocks']} blocks, collapse {r['collapse_block']}; "
+                      f"attention: rank {ai['collapse_rank']}/{ai['of_blocks']}, leaders P "
+                      f"{ai['precision']:.2f} R {ai['recall']:.2f}; patching: rank "
+                      f"{ap['collapse_rank']}/{ap['of_blocks']}, leaders P "
+                      f"{ap['precision']:.2f} R {ap['recall']:.2f}", highlight=False)
+    console.print(f"wrote {out / 'results.json'} and {out / 'ground_truth.png'}")
