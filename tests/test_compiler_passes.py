@@ -69,7 +69,7 @@ def test_split_separates_equal_means(compact):
     rounds = split_classes(b, a, rng, compact)
     assert rounds == 1
     assert len(set(b.state.cls.tolist())) == 3
-    assert b.blocks[-1].kind == "split move + broadcast"
+    assert b.blocks[-1].kind == "split ramps + broadcast"
 
 
 def test_destinations_share_targets_and_find_satellites():

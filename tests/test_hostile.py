@@ -244,3 +244,49 @@ def test_train_checks_its_options_first(small, tmp_path):
     one_line_error(cli("train", data, "-o", tmp_path / "t.pt"), 2, ".safetensors")
     one_line_error(cli("train", data, "-o", tmp_path / "t.safetensors", "--attention", "relu"),
                    2, "hardmax or softmax")
+
+
+# -- feasible data that used to be refused (or hang) ------------------------------------------
+@pytest.mark.parametrize("name, flags", [
+    ("nm2_1e-07.npz", []),  # means 1e-7 × scale apart: a centred broadcast separates them
+    ("f2_209.npz", []),  # tokens 2.4e-7 × scale apart, means 1.6e-11 apart
+    ("f2_209.npz", ["--compact"]),
+    ("far_targets.npz", []),  # inputs O(1), targets 1e12: inputs separated at their scale
+    ("min_329.json", []),
+    ("min_51.json", ["--exact", "--seed", "2"]),
+])
+def test_feasible_repro_files_compile(tmp_path, name, flags):
+    out = tmp_path / "m.safetensors"
+    result = cli("compile", REPRO / name, "-o", out, "-q", *flags)
+    assert result.exit_code == 0, result.stderr
+    assert cli("verify", out, REPRO / name, "-q").exit_code == 0
+
+
+@pytest.mark.parametrize("scale", [1e-300, 1e-200, 1e200, 1e300])
+@pytest.mark.parametrize("exact", [False, True])
+def test_whole_data_scales(tmp_path, scale, exact):
+    """A dataset at any scale compiles: built at scale ~1, the model scales back exactly."""
+    rng = np.random.default_rng(0)
+    ds = ef.Dataset.from_sequences([rng.normal(size=(4, 3)) * scale for _ in range(5)],
+                                   [rng.normal(size=(1, 3)) * scale for _ in range(5)])
+    path = tmp_path / "d.npz"
+    ef.save_dataset(ds, path)
+    out = tmp_path / "m.safetensors"
+    result = cli("compile", path, "-o", out, *(["--exact"] if exact else []))
+    assert result.exit_code == 0 and result.stderr == "", result.stderr
+    model = ef.Transformer.load(out)
+    assert model.blocks[-1].kind == "rescale"
+    for x, y in zip(ds.inputs, ds.targets):
+        np.testing.assert_allclose(model(x)[:1] if not exact else np.asarray(
+            model(x)[:1], dtype=float), y, rtol=1e-12, atol=0)
+
+
+def test_equal_means_sharing_a_token_split_in_few_rounds():
+    """Issue 13: N sequences (0, a, −a) share a token and a mean; N − 1 rounds before."""
+    N = 200
+    A = np.random.default_rng(7).normal(size=(N, 3))
+    ds = ef.Dataset.from_sequences([np.stack([0 * a, a, -a]) for a in A],
+                                   [np.eye(3)[[k % 2]] for k in range(N)])
+    model = ef.compile(ds)
+    assert model.report.passed and model.info["split_rounds"] <= 3
+    assert model.n_blocks <= N + 10

@@ -71,6 +71,16 @@ class Dataset:
         )
         return m if m > 0 else 1.0
 
+    @property
+    def input_scale(self) -> float:
+        """Largest absolute value of the inputs (else :attr:`scale`): the geometry's scale.
+
+        Distinct inputs are told apart relative to it (docs/limits.md): targets 10¹² away
+        do not make inputs 1 apart "too close".
+        """
+        m = max((float(np.max(np.abs(x))) for x in self.inputs if x.size), default=0.0)
+        return m if m > 0 else self.scale
+
     def __len__(self) -> int:
         return self.n_sequences
 

@@ -12,6 +12,7 @@ simulated forward pass with bookkeeping by identity; the layers come from
 from __future__ import annotations
 
 import time
+from fractions import Fraction
 
 import numpy as np
 
@@ -76,11 +77,17 @@ def compile(dataset: Dataset, attention: str = "hardmax", compact: bool = False,
     if not exact:
         check_float_separable(dataset, analysis)
         check_targets_separable(dataset)
+    e = scale_exponent(dataset)
+    work = rescaled_data(dataset, e) if e else dataset
+    if e:
+        analysis = analyse(work)  # the same ids: powers of two keep equal values equal
     failure: Exception | None = None
     for draw in range(DRAWS):
         rng = np.random.default_rng(seed if draw == 0 else [seed, draw])
         try:
-            model = _build(dataset, analysis, attention, compact, exact, rng, progress)
+            model = _build(work, analysis, attention, compact, exact, rng, progress)
+            if e:
+                model = scaled_back(model, e)
         except InternalError as exc:
             failure = exc
             continue
@@ -114,18 +121,64 @@ def compile(dataset: Dataset, attention: str = "hardmax", compact: bool = False,
     raise failure
 
 
+SCALE_EXPONENT = 64
+"""Data whose scale lies outside 2^±64 (≈ 1.8e±19) is compiled at scale ~1 (docs/limits.md)."""
+
+
+def scale_exponent(dataset: Dataset) -> int:
+    """``e`` such that the data / 2^e has scale ~1, or 0 when the scale is moderate.
+
+    Scores are squares of coordinates, so data at 1e200 overflows float64 and data at 1e-200
+    underflows; a dataset is a dataset at any scale. Division by a power of two is exact.
+    """
+    e = int(np.round(np.log2(dataset.scale)))
+    return e if abs(e) > SCALE_EXPONENT else 0
+
+
+def rescaled_data(dataset: Dataset, e: int) -> Dataset:
+    """The dataset divided by 2^e (exact: a power of two), labels and codes kept."""
+    return Dataset([np.ldexp(x, -e) for x in dataset.inputs],
+                   [np.ldexp(y, -e) for y in dataset.targets],
+                   labels=dataset.labels, codes=dataset.codes, classes=dataset.classes)
+
+
+def scaled_back(model: Transformer, e: int) -> Transformer:
+    """A model for data at scale 2^e from one built at scale 1: ``x ↦ 2^e·f(2^-e·x)``.
+
+    The first block's translation gets η = 2^-e (it reads the data, then shifts it at scale
+    1), and one block with an FF of width 0 and η = 2^e scales the outputs back. Both are
+    exact (powers of two), so the model computes bit for bit what was compiled and verified
+    at scale 1, plus one extra block (docs/limits.md).
+    """
+    from ..model import Block, FeedForward
+
+    first = model.blocks[0].ff
+    if first is None or np.asarray(first.U).size and nm.max_abs(np.asarray(first.U)) != 0:
+        raise InternalError("rescaling: the first block is not the translation")
+    exact = model.exact
+    down = Fraction(2) ** -e if exact else float(np.ldexp(1.0, -e))
+    up = Fraction(2) ** e if exact else float(np.ldexp(1.0, e))
+    first.eta = down
+    d = model.d
+    U, b, W = nm.zeros((0, d), exact), nm.zeros((0,), exact), nm.zeros((d, 0), exact)
+    model.blocks.append(Block(FeedForward(U, b, W, up), None, "rescale"))
+    model.info["rescaled_by"] = f"2^{e}"
+    return model
+
+
 def _build(dataset, analysis, attention, compact, exact, rng, progress) -> Transformer:
     """One generic draw of the construction (passes of docs/design.md §4-§5)."""
     X = np.concatenate(dataset.inputs)
     state = TokenState(nm.exact_rows(X) if exact else X.astype(np.float64, copy=True),
-                       analysis.seq, analysis.value, analysis.segments, exact, dataset.scale)
+                       analysis.seq, analysis.value, analysis.segments, exact,
+                       dataset.input_scale)
     targets = nm.to_exact(analysis.targets) if exact else analysis.targets
     builder = ModelBuilder(state)
 
     shift_and_separate(builder, rng)
     rounds = split_classes(builder, analysis, rng, compact, progress)
     dest = plan_destinations(builder, analysis, rng)
-    line = plan_line(dest, targets, state.scale, exact, rng, fold=not dest.satellites)
+    line = plan_line(dest, targets, dataset.scale, exact, rng, fold=not dest.satellites)
     place_leaders(builder, dest, rng, compact, progress)
     layer = collapse_attention(dest, line if line.folded else None)
     tau, X_new = 1.0, None

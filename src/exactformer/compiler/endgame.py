@@ -203,6 +203,7 @@ def snap_all(builder: ModelBuilder, dest: Destinations, targets: np.ndarray, lin
     floors = [top_target] + [c.high for c in clusters[:-1]]
     chunks: list[tuple[int, int]] = []  # [i, j) cluster ranges, top chunk first
     hi = len(clusters)
+    out_scale = max(st.scale, nm.max_abs(targets))  # outputs may lie far from the inputs
     # exact mode has no rounding, but one layer for all clusters costs tokens × clusters:
     # it takes the float mode's layers (the same block count), from float images
     costs = _unit_costs(nm.to_float(line.w), [float(f) for f in floors],
@@ -211,7 +212,7 @@ def snap_all(builder: ModelBuilder, dest: Destinations, targets: np.ndarray, lin
         if not compact:
             lo = hi - 1
         else:
-            lo = _chunk_start(costs, clusters, hi, SNAP_BUDGET * st.scale)
+            lo = _chunk_start(costs, clusters, hi, SNAP_BUDGET * out_scale)
         chunks.append((lo, hi))
         hi = lo
     for n, (lo, hi) in enumerate(chunks):

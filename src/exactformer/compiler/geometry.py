@@ -401,6 +401,53 @@ def _classes(st, means: np.ndarray, tol, rng) -> np.ndarray:
     return np.unique(labels[:N], return_inverse=True)[1].ravel()
 
 
+def _outcome(st, layer, keys: np.ndarray, rng):
+    """Simulate a broadcast: new tokens, their scale, the classes (sequences whose ``keys``
+    coincide within COPY × scale and that share a value), each point's first token, and the
+    pairs of points closer than DISTINCT."""
+    X_new = layer(st.X, st.segments)
+    scale = max(nm.max_abs(X_new), st.scale)
+    cls = _classes(st, keys, COPY * scale, rng)
+    saved = st.cls
+    st.cls = cls
+    pid = st.point_ids()
+    st.cls = saved
+    _, first = representatives(pid)
+    return X_new, scale, cls, first, _close_points(st, X_new[first], rng)
+
+
+def _close_points(st, points: np.ndarray, rng) -> np.ndarray:
+    """Pairs of points closer than DISTINCT × the inputs' scale (exact: equal points).
+
+    Relative to the state's scale, not to the shifted magnitudes (≈ 4 × scale after the
+    shift and broadcast): inputs accepted at DISTINCT × scale stay accepted when the
+    broadcast moves them together; half of it leaves room for rounding.
+    """
+    if st.exact:
+        return exact_duplicates(points)
+    return close_pairs(points, 0.5 * DISTINCT * st.scale, rng)
+
+
+def _centred_broadcast(st, M: np.ndarray, means: np.ndarray, rng):
+    """Uniform attention that moves sequence j by ``c·M·C·μ_j`` with ``C·p = 0``.
+
+    ``C = I − p·wᵀ/⟨w, p⟩`` (p the mean of the sequence means, w generic positive) removes
+    the part common to all means, so ``c`` can grow until the *differences* of the means
+    are about half a scale: means 1e-8 × scale apart end ~scale/2 apart instead of 1e-8 ×
+    scale (nm2_1e-07 in tests/data/repro). Tokens stay positive (moves ≤ scale/2 from
+    coordinates ≥ scale). None when all means coincide.
+    """
+    means = nm.to_float(means)
+    p = means.mean(axis=0)
+    w = generic_positive(rng, st.d, False)
+    C = np.eye(st.d) - np.outer(p, w) / float(w @ p)
+    V0 = M @ C
+    spread = nm.max_abs(means @ V0.T)
+    if not spread > 0:
+        return None
+    return broadcast((0.5 * st.scale / spread) * V0)
+
+
 def _merge(cls: np.ndarray, pairs: list[tuple[int, int]]) -> np.ndarray:
     rows, cols = zip(*pairs) if pairs else ((), ())
     labels = _components(cls.max() + 1, np.array(rows, dtype=np.int64),
@@ -435,18 +482,15 @@ def broadcast_and_classify(builder, rng: np.random.Generator,
         c = st.scale / max(nm.max_abs(means @ M.T), 1e-300)  # shifts of about one scale
         c = Fraction(2) ** round(np.log2(c)) if st.exact else c
         layer = broadcast(c * M)
-        X_new = layer(st.X, st.segments)
-        scale = max(nm.max_abs(X_new), st.scale)
-        cls = _classes(st, means if st.exact else nm.to_float(means), COPY * scale, rng)
-        saved = st.cls
-        st.cls = cls
-        pid = st.point_ids()
-        st.cls = saved
-        _, first = representatives(pid)
-        if st.exact:
-            pairs = exact_duplicates(X_new[first])
-        else:
-            pairs = close_pairs(X_new[first], DISTINCT * scale, rng)
+        X_new, scale, cls, first, pairs = _outcome(st, layer, means if st.exact else
+                                                   nm.to_float(means), rng)
+        if len(pairs) and not st.exact:  # copies between COPY and DISTINCT: amplify the means
+            centred = _centred_broadcast(st, M, means, rng)
+            if centred is not None:  # classes by the (amplified) moves, not by the means
+                moves = nm.to_float(means) @ nm.to_float(centred.value_matrix()).T
+                out = _outcome(st, centred, moves, rng)
+                if not len(out[-1]):
+                    layer, (X_new, scale, cls, first, pairs) = centred, out
         same_value = st.value[first[pairs[:, 0]]] == st.value[first[pairs[:, 1]]]
         if np.all(same_value):
             if len(pairs):  # copies that cannot be told apart: one point, split later

@@ -1,9 +1,19 @@
 """Pass 3 — split classes whose members differ (docs/design.md §4 step 2).
 
-Rare on real data: a class holds sequences that share points and have equal means. While
-two members have different empirical distributions, move a value whose proportion differs
-between them (one point move), and broadcast again in the same block: the means now
-differ, and the class splits. Compact mode moves one value per class in one wide layer.
+Rare on real data: a class holds sequences that share points and have equal means. A
+round is one block: a feed-forward layer that moves tokens, then a broadcast, after which
+sequences whose means now differ are in different classes.
+
+The published step moves one value whose proportion differs (one point move per round):
+a class of N sequences that share one token and are otherwise apart (equal means sharing
+the origin, say) then needs N − 1 rounds and blocks, each a pass over every token, O(N²)
+overall. Here a round first tries *ramps*: four units ``Δ_i·relu(⟨u, x⟩ − θ_i)`` (generic
+direction u, thresholds near generic quantiles of the mixed classes' tokens along u, generic
+positive Δ_i). A sequence's mean moves by ``Σ_i Δ_i·E_j[relu(⟨u, x⟩ − θ_i)]``, a generic
+function of its distribution along u, so the members of a class split all at once: a
+handful of rounds whatever N, each O(T log T). Copies of one point move alike (the ramp is
+continuous), so bookkeeping by identity is unaffected. A round that splits nothing falls
+back to the point move of one distinguishing value (progress is then guaranteed).
 """
 
 from __future__ import annotations
@@ -11,9 +21,9 @@ from __future__ import annotations
 import numpy as np
 
 from .. import numeric as nm
-from ..craft import point_move
+from ..craft import Units, point_move
 from ..errors import InternalError
-from .geometry import broadcast_and_classify, choose_trapezoid, generic_positive
+from .geometry import broadcast_and_classify, choose_trapezoid, generic_positive, generic_unit
 from .state import ModelBuilder
 from .types import Analysis
 
@@ -52,32 +62,73 @@ def _mixed_classes(cls: np.ndarray, group: np.ndarray) -> list[tuple[int, np.nda
     return [(c, order[a:b]) for c, a, b in zip(mixed, lo, hi)]
 
 
+RAMPS = 4  # units per ramp round (the strict width limit)
+
+
+def _ramps(st, todo: list, rng: np.random.Generator) -> Units:
+    """Four ramps along one generic direction through the mixed classes' tokens."""
+    members = np.concatenate([m for _, m in todo])
+    rows = np.flatnonzero(np.isin(st.seq, members))
+    Xf = st.floats()
+    u = generic_unit(rng, st.d, st.exact)
+    t = Xf[rows] @ nm.to_float(u)
+    # generic quantiles of the tokens, nudged off the tokens by up to a mean spacing
+    nudge = (float(t.max()) - float(t.min())) / len(t) * rng.uniform(-0.5, 0.5, size=RAMPS)
+    levels = np.quantile(t, np.sort(rng.uniform(0.1, 0.9, size=RAMPS))) + nudge
+    spread = float(np.max(Xf @ nm.to_float(u)) - np.min(levels))
+    size = 0.5 * st.scale / max(spread, 1e-300) / RAMPS  # moves of at most ~scale/2
+    if st.exact:
+        theta = [nm.dyadic_above(abs(v)) * (1 if v > 0 else -1) if v else nm.ZERO
+                 for v in levels]
+        size = nm.dyadic_above(size)
+    else:
+        theta = levels
+    W = np.stack([generic_positive(rng, st.d, st.exact) * size for _ in range(RAMPS)], axis=1)
+    U = np.stack([u] * RAMPS)
+    b = nm.asarray([0] * RAMPS, st.exact)
+    for i, th in enumerate(theta):
+        b[i] = -th
+    return Units(U, b, W)
+
+
+def _point_moves(st, analysis: Analysis, todo: list, rng, compact: bool):
+    """The published split step: move one distinguishing value per class (one class strict)."""
+    if not compact:
+        todo = todo[:1]
+    pid = st.point_ids()
+    units, traps = [], []
+    for c, members in todo:
+        v = _distinguishing_value(st, analysis, members)
+        mine_token = np.flatnonzero((st.cls[st.seq] == c) & (st.value == v))[0]
+        mine = np.flatnonzero(pid == pid[mine_token])
+        trap = choose_trapezoid(st.X, mine, rng)
+        size = nm.dyadic_above(st.scale) if st.exact else st.scale  # short in exact mode
+        delta = generic_positive(rng, st.d, st.exact) * size
+        units.append(point_move(trap.v, trap.center, trap.gap, delta, trap.top))
+        traps.append(trap)
+    return units, traps
+
+
 def split_classes(builder: ModelBuilder, analysis: Analysis, rng: np.random.Generator,
                   compact: bool, progress=None) -> int:
     """Refine classes until each holds one group; returns the number of split rounds."""
     st = builder.state
     rounds = 0
+    ramps = True
     while True:
         todo = _mixed_classes(st.cls, analysis.group)
         if not todo:
             return rounds
         if rounds > st.n_sequences + 4:
             raise InternalError("internal: splitting sequences with equal means did not converge")
-        if not compact:
-            todo = todo[:1]
-        pid = st.point_ids()
-        units, traps = [], []
-        for c, members in todo:
-            v = _distinguishing_value(st, analysis, members)
-            mine_token = np.flatnonzero((st.cls[st.seq] == c) & (st.value == v))[0]
-            mine = np.flatnonzero(pid == pid[mine_token])
-            trap = choose_trapezoid(st.X, mine, rng)
-            size = nm.dyadic_above(st.scale) if st.exact else st.scale  # short in exact mode
-            delta = generic_positive(rng, st.d, st.exact) * size
-            units.append(point_move(trap.v, trap.center, trap.gap, delta, trap.top))
-            traps.append(trap)
-        builder.add_units(units, "split move", traps)
+        before = len(np.unique(st.cls))
+        if ramps:
+            builder.add_units([_ramps(st, todo, rng)], "split ramps")
+        else:
+            units, traps = _point_moves(st, analysis, todo, rng, compact)
+            builder.add_units(units, "split move", traps)
         broadcast_and_classify(builder, rng)
+        ramps = len(np.unique(st.cls)) > before  # a round that split nothing: point moves
         rounds += 1
         if progress is not None:
             progress("split", rounds, None)

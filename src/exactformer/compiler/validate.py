@@ -196,13 +196,14 @@ def check_float_separable(dataset: Dataset, a: Analysis) -> None:
     first = a.value_first
     if first is None:
         _, first = np.unique(a.value, return_index=True)
-    pairs = close_pairs(X[first], DISTINCT * dataset.scale, np.random.default_rng(0))
+    scale = dataset.input_scale  # inputs are separated at their own scale, not the targets'
+    pairs = close_pairs(X[first], DISTINCT * scale, np.random.default_rng(0))
     if len(pairs):
         i, k = first[pairs[0]]
-        gap = float(np.linalg.norm(X[i] - X[k])) / dataset.scale
+        gap = float(np.linalg.norm(X[i] - X[k])) / scale
         where = lambda t: f"token {t - a.segments[a.seq[t]]} of sequence {a.seq[t]}"  # noqa: E731
         raise DatasetError(
-            f"{where(i)} and {where(k)} are distinct but only {gap:.2g} × scale apart "
-            f"(< {DISTINCT:g}): too close for a float64 construction; compile with --exact, "
+            f"{where(i)} and {where(k)} are distinct but only {gap:.2g} × the inputs' scale "
+            f"apart (< {DISTINCT:g}): too close for a float64 construction; compile with --exact, "
             "or make them equal"
         )
