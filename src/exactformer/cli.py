@@ -46,7 +46,7 @@ class _OneLineErrors(TyperGroup):
             err_console.print(f"error: {exc.format_message()}", highlight=False, markup=False,
                               soft_wrap=True)
             sys.exit(exc.exit_code)
-        except click_errors.Abort:
+        except typer.Abort:
             err_console.print("aborted")
             sys.exit(130)
         sys.exit(rv if isinstance(rv, int) else 0)
@@ -131,6 +131,15 @@ def user_errors(fn):
         except OSError as exc:  # writing the output, reading a file: the environment
             where = f"{exc.filename}: " if getattr(exc, "filename", None) else ""
             fail(f"{where}{exc.strerror or exc}")
+        except (typer.Exit, typer.Abort):
+            raise
+        except Exception as exc:  # a bug: one line, exit 3 (the traceback with --debug)
+            if _debug["on"]:
+                import traceback
+
+                traceback.print_exc()
+            fail(f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''} (an "
+                 "internal error: please report it; --debug shows where)", 3)
         except KeyboardInterrupt:
             err_console.print("interrupted")
             raise typer.Exit(130) from None
