@@ -11,9 +11,12 @@ stay put, every other word drifts towards the leader it attends to, and the line
 scores the resulting clusters. That is what the interpretability outputs show.
 
 Data: sentence polarity dataset v1.0 (Pang & Lee 2005), shipped in
-``exactformer/data/rt-polarity`` (see the README there). Seeded 90/10 train/test split; a
-validation part carved out of the training split is used for every choice (epoch, baseline
-regularisation) — the test split is only evaluated, once per reported number.
+``exactformer/data/rt-polarity`` (see the README there). Per seed: 90/10 train/test split; a
+validation part carved out of the training split is used for every choice (the
+hyper-parameters of :data:`SEARCH`, the epoch count, every L2 strength), then model and
+baselines are refitted on the whole training split and the test split is evaluated once.
+Training starts from the mean-pooled unigram logistic regression (:func:`make_model`), so
+the untrained model is that bag of words and attention can only add to it.
 
 Hardmax has no useful gradient, so hardmax models are trained with a straight-through
 estimator (forward: exact hardmax; backward: gradient of softmax at temperature ``τ``);
