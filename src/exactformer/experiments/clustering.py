@@ -3,8 +3,9 @@
 Regenerates, as PNGs with captions in a ``README.md``, the pictures behind Alcalde,
 Fantuzzi and Zuazua, *Clustering in pure-attention hardmax transformers and its role in
 sentiment analysis* (arXiv:2407.01602), computed with :mod:`exactformer.dynamics`. Every
-figure function returns the numbers its caption claims, collected in ``summary.json``; the
-tests check those claims, so a caption cannot silently drift from what the code does.
+figure function returns the numbers its caption claims, collected in ``summary.json``, and
+hands its raw configurations and trajectories to ``run(..., trajectories=dict)``: the tests
+recompute every claim from those, independently of the numbers the figure reports.
 """
 
 from __future__ import annotations
@@ -56,11 +57,17 @@ def _paths(ax, traj, labels, cmap="tab10"):
 # ------------------------------------------------------------------------ figures
 
 
+def _keep(raw: dict | None, **arrays) -> None:
+    """Hand a figure's raw data (configurations, trajectories) to the caller, if asked."""
+    if raw is not None:
+        raw.update(arrays)
+
+
 def _layers(k: int) -> str:
     return "1 layer" if k == 1 else f"{k} layers"
 
 
-def fig_argmax_geometry(out: Path) -> dict:
+def fig_argmax_geometry(out: Path, raw: dict | None = None) -> dict:
     """Argmax set of a token = the tokens furthest along ``A x_i`` (a supporting line)."""
     plt = _pyplot()
     Z, A = _tokens(7, 14, 2)
@@ -102,10 +109,11 @@ def fig_argmax_geometry(out: Path) -> dict:
         info.append({"query": i, "argmax": best.tolist(),
                      "top_projection": int(np.argmax(proj)), "is_leader": bool(i in lead)})
     _save(fig, out / "argmax_geometry.png")
+    _keep(raw, Z=Z, A=A, queries=np.array(queries))
     return {"queries": info}
 
 
-def fig_rank_one(out: Path) -> dict:
+def fig_rank_one(out: Path, raw: dict | None = None) -> dict:
     """Rank-one ``A = a aᵀ``: tokens only see ``⟨a, z⟩`` and run straight to the extreme
     token on their side; the limit lies on the line through the two extremes."""
     plt = _pyplot()
@@ -128,6 +136,7 @@ def fig_rank_one(out: Path) -> dict:
     ax.legend(loc="lower right")
     ax.set_title("rank-one A = a aᵀ: straight paths to the extreme tokens")
     _save(fig, out / "rank_one.png")
+    _keep(raw, Z=Z, A=A, a=a, states=traj.states)
     return {
         "converged": traj.converged,
         "steps": traj.steps,
@@ -137,7 +146,7 @@ def fig_rank_one(out: Path) -> dict:
     }
 
 
-def fig_clustering(out: Path) -> dict:
+def fig_clustering(out: Path, raw: dict | None = None) -> dict:
     """Full clustering: snapshots of the layers, every token ends at an initial leader."""
     plt = _pyplot()
     Z, A = _tokens(3, 30, 2)
@@ -154,6 +163,7 @@ def fig_clustering(out: Path) -> dict:
         ax.set_ylabel("z₂")
         ax.set_aspect("equal")
     _save(fig, out / "clustering.png")
+    _keep(raw, Z=Z, A=A, states=traj.states)
     return {
         "n_tokens": len(Z),
         "leaders": lc.leaders.tolist(),
@@ -166,7 +176,7 @@ def fig_clustering(out: Path) -> dict:
     }
 
 
-def fig_trajectories_2d(out: Path) -> dict:
+def fig_trajectories_2d(out: Path, raw: dict | None = None) -> dict:
     """Paths of 60 tokens in the plane, coloured by the leader they reach."""
     plt = _pyplot()
     Z, A = _tokens(21, 60, 2, condition=6.0)
@@ -179,11 +189,12 @@ def fig_trajectories_2d(out: Path) -> dict:
     ax.legend(loc="lower right")
     ax.set_title(f"hardmax trajectories, α = 0.5 ({_layers(traj.steps)})")
     _save(fig, out / "trajectories_2d.png")
+    _keep(raw, Z=Z, A=A, states=traj.states)
     return {"steps": traj.steps, "n_clusters": lc.n_clusters, "n_leaders": len(lc.leaders),
             "kinds": {k: int((lc.kind == k).sum()) for k in ("leader", "emerged", "tie")}}
 
 
-def fig_sphere(out: Path) -> dict:
+def fig_sphere(out: Path, raw: dict | None = None) -> dict:
     """Normalised variant: tokens rescaled to unit norm after every layer."""
     plt = _pyplot()
     Z, A = _tokens(5, 40, 3, condition=8.0)
@@ -203,6 +214,7 @@ def fig_sphere(out: Path) -> dict:
     ax.set_box_aspect((1, 1, 1))
     ax.set_title(f"on the sphere: {lc.n_clusters} clusters after {_layers(traj.steps)}")
     _save(fig, out / "sphere.png")
+    _keep(raw, Z=Z, A=A, states=traj.states, tol=traj.tol)
     return {
         "converged": traj.converged,
         "steps": traj.steps,
@@ -216,7 +228,7 @@ def fig_sphere(out: Path) -> dict:
     }
 
 
-def fig_no_concentration(out: Path) -> dict:
+def fig_no_concentration(out: Path, raw: dict | None = None) -> dict:
     """An exactly symmetric configuration: the centre ties with every token and stays."""
     plt = _pyplot()
     Z = np.array([[1, 0], [0, 1], [-1, 0], [0, -1], [0, 0], [0.25, 0.125], [-0.25, -0.125],
@@ -234,11 +246,12 @@ def fig_no_concentration(out: Path) -> dict:
     ax.legend(loc="lower left", fontsize=8)
     ax.set_title("a configuration that does not concentrate")
     _save(fig, out / "no_concentration.png")
+    _keep(raw, Z=Z, A=A, states=traj.states)
     return {"concentrated": lc.concentrated, "tie_points": lc.points[tie].tolist(),
             "n_clusters": lc.n_clusters}
 
 
-def fig_softmax(out: Path, quick: bool) -> dict:
+def fig_softmax(out: Path, quick: bool, raw: dict | None = None) -> dict:
     """Hardmax against softmax at several temperatures, same input and depth."""
     plt = _pyplot()
     Z, A = _tokens(3, 30, 2)
@@ -268,12 +281,14 @@ def fig_softmax(out: Path, quick: bool) -> dict:
     fig.suptitle(f"after {_layers(depth)}; s = largest |score| = {scale:.2f}; colours: hardmax"
                  " clusters")
     _save(fig, out / "hardmax_vs_softmax.png")
+    _keep(raw, Z=Z, A=A, finals={name: traj.final for name, traj in runs})
     return {"depth": depth, "score_scale": scale, "temperatures": taus,
             "max_distance_to_hardmax": list(errors.values()),
             "clusters_at_1e-3": list(clusters.values()), "hardmax_clusters": lc.n_clusters}
 
 
-def fig_convergence_time(out: Path, quick: bool, progress=None) -> dict:
+def fig_convergence_time(out: Path, quick: bool, progress=None,
+                         raw: dict | None = None) -> dict:
     """Layers until no token moves by more than 1e-10 × scale, against the number of tokens."""
     plt = _pyplot()
     ns = [2, 4, 8, 16, 32, 64, 128] if quick else [2, 4, 8, 16, 32, 64, 128, 256, 512, 1024]
@@ -307,6 +322,7 @@ def fig_convergence_time(out: Path, quick: bool, progress=None) -> dict:
     ax.set_title(f"convergence time (α = {ALPHA:g}, tol = {tol:g})")
     ax.legend(fontsize=8)
     _save(fig, out / "convergence_time.png")
+    _keep(raw, n=ns, seeds=seeds, tol=tol, steps=steps)
     return {
         "n": ns,
         "seeds": seeds,
@@ -377,19 +393,29 @@ CAPTIONS = {
 }
 
 
-def run(out: Path, quick: bool = False, progress=None) -> dict:
-    """Write all figures, ``summary.json`` and ``README.md`` into ``out``."""
+def run(out: Path, quick: bool = False, progress=None,
+        trajectories: dict | None = None) -> dict:
+    """Write all figures, ``summary.json`` and ``README.md`` into ``out``.
+
+    ``trajectories`` (a dict), if given, receives per figure its raw inputs and trajectories.
+    """
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
+    raw = trajectories if trajectories is not None else {}
+
+    def keep(name):
+        return raw.setdefault(name, {}) if trajectories is not None else None
+
     summary = {
-        "argmax_geometry.png": fig_argmax_geometry(out),
-        "rank_one.png": fig_rank_one(out),
-        "clustering.png": fig_clustering(out),
-        "no_concentration.png": fig_no_concentration(out),
-        "trajectories_2d.png": fig_trajectories_2d(out),
-        "sphere.png": fig_sphere(out),
-        "hardmax_vs_softmax.png": fig_softmax(out, quick),
-        "convergence_time.png": fig_convergence_time(out, quick, progress),
+        "argmax_geometry.png": fig_argmax_geometry(out, keep("argmax_geometry.png")),
+        "rank_one.png": fig_rank_one(out, keep("rank_one.png")),
+        "clustering.png": fig_clustering(out, keep("clustering.png")),
+        "no_concentration.png": fig_no_concentration(out, keep("no_concentration.png")),
+        "trajectories_2d.png": fig_trajectories_2d(out, keep("trajectories_2d.png")),
+        "sphere.png": fig_sphere(out, keep("sphere.png")),
+        "hardmax_vs_softmax.png": fig_softmax(out, quick, keep("hardmax_vs_softmax.png")),
+        "convergence_time.png": fig_convergence_time(out, quick, progress,
+                                                     keep("convergence_time.png")),
     }
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
     lines = [
