@@ -339,7 +339,7 @@ def _apply_wide_ff_exact(X: QMatrix, ff, xmax: float, sc: _Screen) -> None:
 
 
 def run(model, sequences, stats: list | None = None, trace: list | None = None,
-        exact_rows: bool = False) -> list:
+        exact_rows: bool = False, progress=None) -> list:
     """Outputs of ``model`` for many sequences at once (concatenated internally).
 
     Exact (rational) when the model or an input is rational, float64 otherwise; exact
@@ -382,6 +382,8 @@ def run(model, sequences, stats: list | None = None, trace: list | None = None,
             X = blk.sa(X, segments, model.attention, model.temperature, observe=observe)
             if trace is not None:
                 trace.append((f"block {l} sa", _snapshot(X)))
+        if progress is not None and ((l + 1) % 64 == 0 or l + 1 == len(model.blocks)):
+            progress("verify", l + 1, len(model.blocks))
     if exact and exact_rows:
         return [X[segments[j]:segments[j + 1]] for j in range(len(segments) - 1)]
     if exact:

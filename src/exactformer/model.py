@@ -255,16 +255,18 @@ class Transformer:
         return self.run([X])[0]
 
     def run(self, sequences, stats: list | None = None, trace: list | None = None,
-            exact_rows: bool = False):
+            exact_rows: bool = False, progress=None):
         """Outputs for many sequences at once: :func:`exactformer.forward.run`.
 
         ``stats`` (a list) receives one dict per attention layer with its score margin;
         ``trace`` (a list) receives the concatenated token states after every layer;
-        ``exact_rows``: exact outputs as QMatrix (integer rows) instead of Fractions.
+        ``exact_rows``: exact outputs as QMatrix (integer rows) instead of Fractions;
+        ``progress(stage, done, total)`` hears of the blocks done.
         """
         from .forward import run
 
-        return run(self, sequences, stats=stats, trace=trace, exact_rows=exact_rows)
+        return run(self, sequences, stats=stats, trace=trace, exact_rows=exact_rows,
+                   progress=progress)
 
     # -- conversion --------------------------------------------------------------------------
     def _map(self, f) -> Transformer:

@@ -90,7 +90,7 @@ class Report:
 
 
 def verify(model: Transformer, dataset: Dataset, exact: bool | None = None,
-           tol: float = DEFAULT_TOL, certify: bool = True) -> Report:
+           tol: float = DEFAULT_TOL, certify: bool = True, progress=None) -> Report:
     """Run ``model`` on every input of ``dataset`` and check the targets (pass rule above).
 
     ``exact=None`` runs in rationals when the model has rational weights (exact mode), else
@@ -123,7 +123,7 @@ def verify(model: Transformer, dataset: Dataset, exact: bool | None = None,
     certificate = where = None
     if exact:  # an exact model reads float inputs exactly (no Fraction round trip)
         inputs = dataset.inputs if model.exact else [nm.to_exact(x) for x in dataset.inputs]
-        outputs = model.run(inputs, stats=stats, exact_rows=True)
+        outputs = model.run(inputs, stats=stats, exact_rows=True, progress=progress)
     elif certify and _CERTIFIED_EVALUATOR:
         from .forward import run_certified
 

@@ -62,6 +62,9 @@ def _summary(model, dataset: Dataset, report, seconds: float, title: str) -> Tab
               f"{strict_bound(dataset, model.attention)})")
     t.add_row("FF width / attention rank", f"{model.width} / {model.rank}")
     t.add_row("parameters", f"{model.n_params:,}")
+    if "weight_bits" in model.info:  # exact mode (docs/exact.md)
+        t.add_row("bit lengths", f"weights ≤ {model.info['weight_bits']}, token states ≤ "
+                  f"{model.info['state_bits']} (largest numerator or denominator)")
     kind = {"exact rational": "exact rational arithmetic", "ball arithmetic":
             "certified in ball arithmetic", "interval": "float64, certified in interval "
             "arithmetic"}.get(report.method, "float64")
@@ -150,7 +153,10 @@ def verify_cmd(
         fail(f"{data} holds labels but {model_path} is not a classification model (no class "
              "codes): verify it against data with outputs, or compile the labels with --labels")
     t0 = time.perf_counter()
-    report = exactformer.verify(model, dataset, exact=exact, tol=tol, certify=certify)
+    slow = (model.exact if exact is None else exact) and dataset.n_tokens > 20_000
+    with _progress(slow and not quiet) as progress:  # exact mode: long runs show progress
+        report = exactformer.verify(model, dataset, exact=exact, tol=tol, certify=certify,
+                                    progress=progress)
     console.print(report.summary(), highlight=False)
     if report.certificate:
         console.print(f"certificate: {report.certificate}", highlight=False)

@@ -28,7 +28,7 @@ from .endgame import plan_line, project, snap_all
 from .leaders import check_collapsed, collapse_attention, place_leaders, plan_destinations
 from .separate import shift_and_separate
 from .split import split_classes
-from .state import ModelBuilder, TokenState
+from .state import ModelBuilder, TokenState, check_memory, weight_bits
 from .temperature import softmax_collapse
 from .validate import analyse, check_float_separable
 
@@ -106,7 +106,7 @@ def compile(dataset: Dataset, attention: str = "hardmax", compact: bool = False,
         if not verify:
             model.info["total_seconds"] = round(time.perf_counter() - t0, 4)
             return model
-        report = _verify_compiled(model, dataset)
+        report = _verify_compiled(model, dataset, progress)
         if report.passed:
             model.report = report
             record_verification(model, dataset, report)
@@ -176,6 +176,8 @@ def _build(dataset, analysis, attention, compact, exact, rng, progress) -> Trans
     builder = ModelBuilder(state)
 
     shift_and_separate(builder, rng)
+    if exact:  # the first blocks' bit lengths project the memory need (docs/exact.md)
+        check_memory(builder)
     rounds = split_classes(builder, analysis, rng, compact, progress)
     dest = plan_destinations(builder, analysis, rng)
     line = plan_line(dest, targets, dataset.scale, exact, rng, fold=not dest.satellites)
@@ -201,6 +203,9 @@ def _build(dataset, analysis, attention, compact, exact, rng, progress) -> Trans
     })
     model.info[MECHANISM] = record_mechanism(state, dest, collapse_block, model,
                                              dataset.inputs)
+    if exact:  # largest numerator or denominator, in bits (docs/exact.md)
+        model.info["weight_bits"] = weight_bits(model)
+        model.info["state_bits"] = builder.state_bits
     return model
 
 
@@ -224,7 +229,7 @@ def check_targets_separable(dataset: Dataset) -> None:
             "outputs that close apart; compile with --exact")
 
 
-def _verify_compiled(model: Transformer, dataset: Dataset):
+def _verify_compiled(model: Transformer, dataset: Dataset, progress=None):
     """The check before a model leaves the compiler: certified float, or exact.
 
     An exact model's float64 tensors are certified as a float model in their own right;
@@ -233,7 +238,7 @@ def _verify_compiled(model: Transformer, dataset: Dataset):
     """
     from ..verify import verify as run_verify
 
-    report = run_verify(model, dataset)
+    report = run_verify(model, dataset, progress=progress)
     if report.passed and model.exact:
         floats = run_verify(model, dataset, exact=False)
         model.info["float_realisation"] = bool(floats.passed)

@@ -165,3 +165,64 @@ def _bundle_steps(u: Units, X: np.ndarray, rows: np.ndarray, t, chunk_entries: i
         pre = (t[r, None] if t is not None else X[rows[r]] @ u.U.T) + u.b
         out[r] = nm.relu(pre) @ u.W.T
     return out
+
+
+def weight_bits(model) -> int:
+    """Largest bit length of a numerator or denominator among an exact model's weights."""
+    from ..rational import parts
+
+    best = 0
+    for _, t in model.named_tensors():
+        num, den = parts(np.asarray(t).reshape(-1))
+        if num.size:
+            top = max(int(np.max(num)), -int(np.min(num)), int(np.max(den)))
+            best = max(best, top.bit_length())
+    return best
+
+
+MEMORY_COPIES = 12  # live copies of the token states at the peak (temporaries included)
+
+
+def memory_estimate(state: TokenState) -> int:
+    """Projected peak bytes of an exact compile or verification from the current states.
+
+    A Python integer of b bits takes 28 + 4·⌈b/30⌉ bytes plus the array's 8-byte pointer;
+    the bit length of the first blocks' states stands for every later block (the
+    construction keeps it: moved tokens land on short destinations). Measured peaks
+    (docs/exact.md) are a half to a third of this estimate.
+    """
+    T, d = state.X.shape
+    per_int = 8 + 28 + 4 * -(-max(state.X.bit_length(), 1) // 30)
+    return MEMORY_COPIES * T * (d + 1) * per_int
+
+
+def available_memory() -> int | None:
+    """Bytes the operating system reports available (MemAvailable), None if unknown."""
+    try:
+        with open("/proc/meminfo") as fh:
+            for line in fh:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    try:
+        import os
+
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
+def check_memory(builder: ModelBuilder) -> None:
+    """Exact mode: stop with one line and the estimate when it exceeds the available memory."""
+    from ..errors import CompileError
+
+    need = memory_estimate(builder.state)
+    have = available_memory()
+    if have is not None and need > have:
+        T, d = builder.state.X.shape
+        raise CompileError(
+            f"exact mode would need about {need / 2**30:.1f} GB for {T:,} tokens in d = {d} "
+            f"(states of {builder.state.X.bit_length()} bits), but the operating system "
+            f"reports {have / 2**30:.1f} GB available; compile without --exact, or on fewer "
+            "sequences")
