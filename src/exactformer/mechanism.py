@@ -15,6 +15,7 @@ from __future__ import annotations
 import numpy as np
 
 from . import numeric as nm
+from .rational import QMatrix
 
 KEY = "mechanism"
 FINAL_BLOCKS_BUDGET = 20_000_000  # tokens × blocks traced at compile time (≈ 1 s)
@@ -50,6 +51,8 @@ class _LastChange:
     """A ``trace`` sink for :meth:`Transformer.run` keeping, per token, the last block
     that changed its value (one state in memory instead of one per layer)."""
 
+    exact_rows = True  # exact models: states as QMatrix (reduced rows: equal iff same ints)
+
     def __init__(self, n_tokens: int):
         self.last = np.full(n_tokens, -1, dtype=np.int64)
         self.prev = None
@@ -57,7 +60,10 @@ class _LastChange:
     def append(self, item) -> None:
         label, X = item
         if self.prev is not None:
-            changed = np.any(np.asarray(X != self.prev), axis=1)
+            if isinstance(X, QMatrix):
+                changed = np.any(X.num != self.prev.num, axis=1) | (X.den != self.prev.den)
+            else:
+                changed = np.any(np.asarray(X != self.prev), axis=1)
             self.last[changed] = int(label.split()[1])
         self.prev = X
 
