@@ -205,32 +205,31 @@ def _float_image(a) -> np.ndarray:
     return nm.to_float(a) if a.dtype == object else a
 
 
-def _apply_sparse_ffs(X, ffs: list) -> None:
-    """Apply consecutive η = 1 FFs to ``X`` in place, touching only rows that may be active.
+def _apply_sparse_ffs(arith, ffs: list) -> None:
+    """Apply consecutive η = 1 FFs to ``arith.X`` in place, touching only rows that may be active.
 
-    ``X`` is float64, or a :class:`~exactformer.rational.QMatrix` (exact mode): then the
-    screens read its float image and every row they cannot rule out is evaluated exactly.
-    The screen's slack (``SCREEN_SLACK`` relative) is far above the distance between an
-    exact pre-activation and its float64 evaluation from the images
-    (:func:`exactformer.rational.rounding_bound`), so a skipped row is exactly unchanged.
+    ``arith`` is the arithmetic (:mod:`exactformer.arithmetic`): it evaluates an FF on the
+    candidate rows and says how much slack the screen needs. The screens read the float
+    image of the state (exact mode: a :class:`~exactformer.rational.QMatrix`); the slack is
+    far above the distance between an exact pre-activation and its float64 evaluation
+    (:func:`exactformer.rational.rounding_bound`), and in interval arithmetic it also
+    covers the enclosures' radii, so a skipped row is exactly unchanged.
     """
+    X = arith.X
     if len(X) == 0:
         return
-    exact = isinstance(X, QMatrix)
-    Xf = X.floats() if exact else X
-    xmax = float(np.abs(Xf).max())
+    xmax = float(np.abs(arith.floats()).max())
     if not np.isfinite(xmax):  # let the reference formula propagate inf/nan
         for ff in ffs:
-            X[:] = ff(X)
+            arith.ff_dense(ff)
         return
     sc = _Screen.of(ffs)
     if len(ffs) == 1 and len(sc.cols) > _RUN_COLUMNS:
-        if exact:
-            _apply_wide_ff_exact(X, ffs[0], xmax, sc)
-        else:
-            _apply_wide_ff(X, ffs[0], sc)
-    else:
-        _apply_ff_run(X, ffs, xmax, sc)
+        arith.ff_wide(ffs[0], sc, xmax)
+        return
+    done = _apply_ff_run(arith, ffs, xmax, sc)
+    if done < len(ffs):  # the arithmetic asked for a fresh screen (radii grew): the rest
+        _apply_sparse_ffs(arith, ffs[done:])
 
 
 def _slack(ffs: list, xmax: float) -> np.ndarray:
@@ -241,17 +240,19 @@ def _slack(ffs: list, xmax: float) -> np.ndarray:
     return SCREEN_SLACK * (n1 * xmax + bmax) + 1e-300 * (1 + n1)
 
 
-def _apply_ff_run(X, ffs: list, xmax: float, sc: _Screen) -> None:
-    """A run of narrow FFs: one screen, then each FF's reference formula on its candidates.
+def _apply_ff_run(arith, ffs: list, xmax: float, sc: _Screen) -> int:
+    """A run of narrow FFs: one screen, then each FF's formula on its candidates.
 
-    A row is skipped by FF g only when a screen (with a slack far above rounding) proves all
-    its pre-activations ≤ 0: the run's screen, or for a row that an earlier FF of the run
-    changed, a new screen of that row right after the change. Then the reference formula
-    leaves it unchanged, so results agree with the dense pass up to BLAS summation order
-    (exactly, in exact mode).
+    A row is skipped by FF g only when a screen (with the arithmetic's slack) proves all its
+    pre-activations ≤ 0: the run's screen, or for a row that an earlier FF of the run
+    changed, a new screen of that row right after the change. Then the formula leaves it
+    unchanged, so results agree with the dense pass up to BLAS summation order (exactly,
+    in exact mode). Returns the number of FFs applied (all, unless the arithmetic asks for
+    a new screen).
     """
-    Xf = X.floats() if isinstance(X, QMatrix) else X  # kept in sync by X[r] = …
-    delta = _slack(ffs, xmax)
+    X = arith.X
+    Xf = arith.floats()  # kept in sync by the arithmetic's row updates
+    delta = arith.run_slack(ffs, xmax)
     sc.pair_thr = sc.pair_thr - delta[sc.pair_ff]
     sc.prepare()
     found_rows, found_ff = [np.zeros(0, dtype=np.int64)], [np.zeros(0, dtype=np.int64)]
@@ -268,21 +269,20 @@ def _apply_ff_run(X, ffs: list, xmax: float, sc: _Screen) -> None:
         rows = np.unique(np.concatenate([rows[~changed[rows]], *pending[g]]))
         if len(rows) == 0:
             continue
-        x = X[rows]
-        pre = x @ ff.U.T + ff.b
-        on = _positive(pre).any(axis=1)
-        if not on.any():
+        r = arith.ff_rows(ff, rows)
+        if len(r) == 0:
             continue
-        r = rows[on]
-        X[r] = x[on] + nm.relu(pre[on]) @ ff.W.T
         changed[r] = True
-        if g + 1 < len(ffs):  # changed rows: screened again for the FFs still to come
-            t = Xf[r] @ sc.cols.T
+        if g + 1 < len(ffs):
+            if not arith.screen_holds(r):
+                return g + 1
+            t = Xf[r] @ sc.cols.T  # changed rows: screened again for the FFs still to come
             i, c = np.nonzero(t > sc.col_thr)
             hit, pair = sc.hits(r[i], c, t[i, c])
             later = sc.pair_ff[pair] > g
             for h, rows_h in _by_owner(hit[later], sc.pair_ff[pair[later]]):
                 pending[h].append(rows_h)
+    return len(ffs)
 
 
 def _by_owner(items: np.ndarray, owner: np.ndarray):
@@ -339,54 +339,59 @@ def _apply_wide_ff_exact(X: QMatrix, ff, xmax: float, sc: _Screen) -> None:
 
 
 def run(model, sequences, stats: list | None = None, trace: list | None = None,
-        exact_rows: bool = False, progress=None) -> list:
+        exact_rows: bool = False, progress=None, arithmetic=None) -> list:
     """Outputs of ``model`` for many sequences at once (concatenated internally).
 
-    Exact (rational) when the model or an input is rational, float64 otherwise; exact
-    outputs are Fraction arrays, or with ``exact_rows`` one QMatrix per sequence.
+    ``arithmetic`` (:mod:`exactformer.arithmetic`): ``None`` picks exact rationals when the
+    model or an input is rational (a model with some rational tensors only is not exact and
+    runs in floats), float64 otherwise; an :class:`~exactformer.arithmetic.Interval`
+    keeps certified radii beside the float64 pass. Exact outputs are Fraction arrays, or
+    with ``exact_rows`` one QMatrix per sequence.
     ``stats`` (a list) receives one dict per non-uniform attention layer with its score
     margin (and softmax leak); ``trace`` (a list) receives ``(name, states)`` after every
     layer, with every FF evaluated on its own (no runs).
     """
-    exact = model.exact or any(nm.is_exact(np.asarray(x)) for x in sequences)
-    xs = [np.asarray(x) if exact else np.asarray(x, dtype=np.float64) for x in sequences]
+    from .arithmetic import Float, Rational
+
+    if arithmetic is None:
+        exact = model.exact or any(nm.is_exact(np.asarray(x)) for x in sequences)
+        arithmetic = Rational() if exact else Float()
+    arith = arithmetic
+    xs = [arith.convert(x) for x in sequences]
     for j, x in enumerate(xs):
         if x.ndim != 2 or x.shape[1] != model.d:
             raise ValueError(f"sequence {j}: expected shape (n, {model.d}), got {x.shape}")
     lengths = np.array([len(x) for x in xs], dtype=np.int64)
     segments = np.concatenate([[0], np.cumsum(lengths)])
-    if exact:  # exact mode: token states as a QMatrix (docs/exact.md)
-        X = nm.exact_rows(np.concatenate(xs) if xs else np.zeros((0, model.d)))
-    else:  # owned: the fast path works in place
-        X = np.array(np.concatenate(xs) if xs else np.zeros((0, model.d)), dtype=np.float64,
-                     order="C")
-    if exact and not model.exact:
-        model = model.as_exact()
+    model = arith.model(model)
+    arith.begin(np.concatenate(xs) if xs else np.zeros((0, model.d)))
     if trace is not None:
-        trace.append(("input", _snapshot(X, trace)))
-    groups = _ff_groups(model.blocks, single=trace is not None)
+        trace.append(("input", _snapshot(arith.X, trace)))
+    groups = _ff_groups(model.blocks, single=trace is not None) if arith.screened else {}
     for l, blk in enumerate(model.blocks):
+        arith.block = l
         if blk.ff is not None:
             if l not in groups:
-                X = blk.ff(X)
+                arith.ff_dense(blk.ff)
             elif groups[l]:  # first block of a run of sparse FFs: apply the whole run
-                _apply_sparse_ffs(X, groups[l])
+                _apply_sparse_ffs(arith, groups[l])
             if trace is not None:
-                trace.append((f"block {l} ff", _snapshot(X, trace)))
+                trace.append((f"block {l} ff", _snapshot(arith.X, trace)))
         if blk.sa is not None:
-            observe = None
+            st = None
             if stats is not None and not blk.sa.uniform:
                 st = {"block": l}
                 stats.append(st)
-                observe = (lambda s: lambda *a: record_margins(s, *a))(st)
-            X = blk.sa(X, segments, model.attention, model.temperature, observe=observe)
+            arith.attention(blk.sa, segments, model.attention, model.temperature, st)
             if trace is not None:
-                trace.append((f"block {l} sa", _snapshot(X, trace)))
+                trace.append((f"block {l} sa", _snapshot(arith.X, trace)))
         if progress is not None and ((l + 1) % 64 == 0 or l + 1 == len(model.blocks)):
             progress("verify", l + 1, len(model.blocks))
-    if exact and exact_rows:
-        return [X[segments[j]:segments[j + 1]] for j in range(len(segments) - 1)]
-    if exact:
+    arith.segments = segments
+    X = arith.X
+    if isinstance(X, QMatrix):
+        if exact_rows:
+            return [X[segments[j]:segments[j + 1]] for j in range(len(segments) - 1)]
         X = X.to_fractions()
     return np.split(X, segments[1:-1])
 
@@ -397,3 +402,34 @@ def _snapshot(X, trace) -> np.ndarray:
     if isinstance(X, QMatrix):
         return X.copy() if getattr(trace, "exact_rows", False) else X.to_fractions()
     return X.copy()
+
+
+@dataclass
+class CertifiedRun:
+    """Outputs of the float64 pass and the certified radius around each (docs/verification.md)."""
+
+    outputs: list  # per sequence (n, d) float64
+    radii: list  # per sequence (n, d): |true output − output| ≤ radius, componentwise
+    blame: np.ndarray  # (T,) block where each token's enclosure grew most (-1: none)
+    segments: np.ndarray
+
+    def blame_block(self, sequence: int, token: int) -> int | None:
+        b = int(self.blame[self.segments[sequence] + token])
+        return None if b < 0 else b
+
+
+def run_certified(model, sequences, stats: list | None = None, progress=None) -> CertifiedRun:
+    """The float64 forward pass with a certified enclosure of the true outputs.
+
+    The stored float64 weights and the inputs are rationals; the true outputs are those of
+    exact real arithmetic (exp included). :class:`~exactformer.arithmetic.Interval`.
+    """
+    from .arithmetic import Interval
+
+    arith = Interval()
+    outputs = run(model, sequences, stats=stats, arithmetic=arith, progress=progress)
+    radii = arith.radii()
+    bad = ~np.all(np.isfinite(radii), axis=1) | ~np.all(np.isfinite(arith.X), axis=1)
+    radii[bad] = np.inf
+    return CertifiedRun(outputs, np.split(radii, arith.segments[1:-1]), arith.blame,
+                        arith.segments)

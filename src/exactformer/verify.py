@@ -35,7 +35,7 @@ DEFAULT_TOL = VERIFY_TOL
 # pass rule needs an error below a quarter of their distance, and the compact snaps round
 # at ~1e-12 × scale.
 TARGET_GAP = 1e-9
-_CERTIFIED_EVALUATOR = False  # the interval evaluator lands next
+_CERTIFIED_EVALUATOR = True
 
 
 @dataclass
@@ -127,10 +127,10 @@ def verify(model: Transformer, dataset: Dataset, exact: bool | None = None,
     elif certify and _CERTIFIED_EVALUATOR:
         from .forward import run_certified
 
-        enc = run_certified(model, dataset.inputs, stats=stats)
+        enc = run_certified(model, dataset.inputs, stats=stats, progress=progress)
         outputs, radii = enc.outputs, enc.radii
     else:
-        outputs = model.run(dataset.inputs, stats=stats)
+        outputs = model.run(dataset.inputs, stats=stats, progress=progress)
     rule = PassRule(dataset, 0.0 if exact else tol)
     observed, delta, ok_prefix, ok_set, blame_token = rule.apply(outputs, radii)
     margins = [(s["block"], s.get("margin", np.inf)) for s in stats]

@@ -18,7 +18,7 @@ import numpy as np
 
 from .. import numeric as nm
 from ..dataset import Dataset
-from ..errors import DatasetError, InternalError, VerificationError
+from ..errors import CompileError, DatasetError, InternalError, VerificationError
 from ..mechanism import KEY as MECHANISM
 from ..mechanism import record as record_mechanism
 from ..model import Transformer
@@ -88,7 +88,7 @@ def compile(dataset: Dataset, attention: str = "hardmax", compact: bool = False,
             model = _build(work, analysis, attention, compact, exact, rng, progress)
             if e:
                 model = scaled_back(model, e)
-        except InternalError as exc:
+        except (InternalError, CompileError) as exc:  # this draw failed: try another
             failure = exc
             continue
         model.info.update({
@@ -118,6 +118,8 @@ def compile(dataset: Dataset, attention: str = "hardmax", compact: bool = False,
             f"written ({report.summary()}{why})", report)
     if isinstance(failure, InternalError):
         raise InternalError(f"{failure} (in each of {DRAWS} generic draws)") from failure
+    if isinstance(failure, CompileError):
+        raise CompileError(f"{failure} (in each of {DRAWS} generic draws)") from failure
     raise failure
 
 

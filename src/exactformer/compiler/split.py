@@ -63,6 +63,12 @@ def _mixed_classes(cls: np.ndarray, group: np.ndarray) -> list[tuple[int, np.nda
 
 
 RAMPS = 4  # units per ramp round (the strict width limit)
+# A split point move shifts its value by a generic vector of this × scale (float mode):
+# enough to separate the means (≥ 1e-3 × scale / n), small enough that the steep trapezoid
+# of nearly equal points (weights ~ step / gap) leaves the tokens above it within a
+# rounding that the later layers' gaps tolerate, so the float model certifies (issue 12,
+# repro/min_sw2.json).
+SPLIT_STEP = 1e-3
 
 
 def _ramps(st, todo: list, rng: np.random.Generator) -> Units:
@@ -102,7 +108,8 @@ def _point_moves(st, analysis: Analysis, todo: list, rng, compact: bool):
         mine_token = np.flatnonzero((st.cls[st.seq] == c) & (st.value == v))[0]
         mine = np.flatnonzero(pid == pid[mine_token])
         trap = choose_trapezoid(st.X, mine, rng)
-        size = nm.dyadic_above(st.scale) if st.exact else st.scale  # short in exact mode
+        # short in exact mode; float mode steps SPLIT_STEP × scale (see there)
+        size = nm.dyadic_above(st.scale) if st.exact else st.scale * SPLIT_STEP
         delta = generic_positive(rng, st.d, st.exact) * size
         units.append(point_move(trap.v, trap.center, trap.gap, delta, trap.top))
         traps.append(trap)

@@ -1,0 +1,669 @@
+"""The arithmetics of the one forward pass (:func:`exactformer.forward.run`).
+
+* :class:`Float` — float64, each layer's own formula, screened feed-forward runs;
+* :class:`Rational` — exact rationals (object arrays of Fractions), every layer dense;
+* :class:`Interval` — the float64 pass plus a certified enclosure of the *true* state: the
+  model's float64 weights and inputs are dyadic rationals, so the model has one exact real
+  output per token, and this arithmetic proves how far it can be from the computed one
+  (docs/verification.md).
+
+An arithmetic holds the state ``X`` of all tokens (concatenated) and applies layers to it:
+``ff_dense(ff)`` (every row), ``ff_rows(ff, rows)`` (η = 1 FFs on the rows a screen could
+not prove off; returns the rows it may have changed), ``ff_wide(ff, screen, xmax)`` (a
+compact layer reading many directions), ``attention(sa, segments, mode, τ, stats)``.
+The exact backend's number type is :class:`~exactformer.rational.QMatrix`; another one plugs
+in as another class with the same methods.
+
+**The interval enclosure.** Per token the true state is ``x = X + ξ·a + e`` with ``X`` the
+float64 state, ``e`` in the box ``|e| ≤ R`` (componentwise), and an optional *line part*:
+a scalar ``|ξ| ≤ xi`` times a vector ``a`` in ``A ± RA``. The line part appears where a
+layer's true output lies exactly on a line (the projection, ``x ↦ relu(p)·w``, or a rank-one
+collapse with ρ = 0, ``x ↦ Vo·λ``): the snaps after it map a whole stretch of that line onto
+one target, and the enclosure keeps that cancellation (``a`` shrinks to ~0) where a box
+alone would carry the collapse's uncertainty to the outputs.
+
+Rounding is bounded a priori per layer (Higham, *Accuracy and Stability*, §3.1:
+``|fl(Σ aᵢbᵢ) − Σ aᵢbᵢ| ≤ γₙ·Σ|aᵢ||bᵢ|``, γₙ = nu/(1−nu)), and every radius is itself computed
+in float64 and inflated by ``SAFE`` (a sum of k ≤ 10⁶ non-negative terms is off by < γ_k)
+plus ``TINY`` (underflow). A ReLU unit whose pre-activation enclosure is > 0 is *on*, ≤ 0
+*off* (then it contributes exactly 0, as in the float pass), else *undecided*: relu is
+1-Lipschitz, so it contributes its pre-activation's radius times |W|. On-units reading the
+same direction c are summed first (``S_c = Σ W_u``): a trapezoid's plateau or a snap has
+``S_c`` ≈ 0 or ``−w/|w|²``, so the steep ramps do not amplify the radius.
+
+Hardmax: a token's argmax set is *decided* when its top score beats every other by more
+than twice the score radius; otherwise all candidates within the radius are kept and their
+values' spread enters the radius. Softmax: the weight off the argmax set is bounded by
+``(n − |S|)·exp(Δ/τ)`` with Δ the largest possible score gap, the exponential bounded
+above in ball arithmetic (python-flint ``arb``) on a grid of 1/16.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from . import numeric as nm
+from .forward import (
+    _apply_wide_ff,
+    _apply_wide_ff_exact,
+    _positive,
+    _slack,
+    length_buckets,
+    record_margins,
+)
+
+U = 2.0 ** -53  # unit roundoff of float64
+SAFE = 1 + 1e-9  # inflation of every computed radius (covers its own rounding)
+TINY = 1e-300  # absolute term: underflow of products
+EXP_GRID = 16  # softmax: exp bounded at ceil(16·z)/16
+
+
+def gamma(n) -> float:
+    """Higham's γₙ = nu / (1 − nu)."""
+    return n * U / (1 - n * U)
+
+
+class Float:
+    """float64, each layer's own formula; η = 1 FFs screened (docs/design.md §3)."""
+
+    name = "float64"
+    screened = True
+    block = -1
+
+    def convert(self, x) -> np.ndarray:
+        return np.asarray(nm.to_float(np.asarray(x)) if nm.is_exact(np.asarray(x)) else x,
+                          dtype=np.float64)
+
+    def model(self, model):
+        if any(nm.is_exact(np.asarray(t)) for _, t in model.named_tensors()):
+            return model.as_float()  # some rational tensors (or all): their float images
+        return model
+
+    def begin(self, X: np.ndarray) -> None:
+        self.X = np.array(X, dtype=np.float64, order="C")  # owned: runs work in place
+
+    def floats(self) -> np.ndarray:
+        """The state's float image (what the screens read; kept in sync by row updates)."""
+        return self.X
+
+    def ff_dense(self, ff) -> None:
+        self.X = ff(self.X)
+
+    def run_slack(self, ffs: list, xmax: float) -> np.ndarray:
+        return _slack(ffs, xmax)
+
+    def ff_rows(self, ff, rows: np.ndarray) -> np.ndarray:
+        X = self.X
+        x = X[rows]
+        pre = x @ ff.U.T + ff.b
+        on = _positive(pre).any(axis=1)
+        if not on.any():
+            return rows[:0]
+        r = rows[on]
+        X[r] = x[on] + nm.relu(pre[on]) @ ff.W.T
+        return r
+
+    def screen_holds(self, rows: np.ndarray) -> bool:
+        return True
+
+    def ff_wide(self, ff, sc, xmax: float) -> None:
+        _apply_wide_ff(self.X, ff, sc)
+
+    def attention(self, sa, segments, attention: str, temperature: float, stats) -> None:
+        observe = None if stats is None else (lambda *a: record_margins(stats, *a))
+        self.X = sa(self.X, segments, attention, temperature, observe=observe)
+
+
+class Rational(Float):
+    """Exact rationals: token states as a :class:`~exactformer.rational.QMatrix` (integer
+    numerators over one denominator per row), screened by their float image (docs/exact.md)."""
+
+    name = "exact rational"
+
+    def convert(self, x) -> np.ndarray:
+        return np.asarray(x)
+
+    def model(self, model):
+        return model if model.exact else model.as_exact()
+
+    def begin(self, X) -> None:
+        self.X = nm.exact_rows(X)
+
+    def floats(self) -> np.ndarray:
+        return self.X.floats()
+
+    def ff_wide(self, ff, sc, xmax: float) -> None:
+        _apply_wide_ff_exact(self.X, ff, xmax, sc)
+
+
+class Interval(Float):
+    """The float64 pass with a certified enclosure of the true state (module docstring)."""
+
+    name = "interval"
+
+    def begin(self, X: np.ndarray) -> None:
+        super().begin(X)
+        T, d = self.X.shape
+        self.R = np.zeros((T, d))
+        self.xi = None  # line part: |ξ| ≤ xi (T,), a ∈ A ± RA (T, d)
+        self.A = self.RA = None
+        self.blame = np.full(T, -1, dtype=np.int64)  # block of each row's largest growth
+        self.growth = np.zeros(T)
+        self.eff = np.zeros(T)  # max-norm radius of each row's enclosure (kept current)
+
+    # -- bookkeeping -----------------------------------------------------------------------
+    def effective(self, rows=None) -> np.ndarray:
+        """Max-norm radius of each row's enclosure (box + line part), computed afresh."""
+        sel = slice(None) if rows is None else rows
+        eff = self.R[sel].max(axis=1) if self.R.shape[1] else np.zeros(len(self.R[sel]))
+        if self.xi is not None:
+            eff = eff + self.xi[sel] * (np.abs(self.A[sel]).max(axis=1) + self.RA[sel].max(axis=1))
+        return eff
+
+    def radii(self) -> np.ndarray:
+        """Componentwise radius of every token's enclosure around ``X``."""
+        R = self.R.copy()
+        if self.xi is not None:
+            R += self.xi[:, None] * (np.abs(self.A) + self.RA)
+        return R * SAFE + TINY
+
+    def _note(self, rows) -> None:
+        """Refresh the rows' effective radius and remember the block where it grew most."""
+        sel = np.arange(len(self.X)) if isinstance(rows, slice) else rows
+        new = self.effective(rows)
+        grew = new - self.eff[sel]
+        self.eff[sel] = new
+        more = grew > self.growth[sel]
+        self.growth[sel[more]] = grew[more]
+        self.blame[sel[more]] = self.block
+
+    def _to_box(self) -> None:
+        """Fold the line part into the box (before layers that mix or rescale tokens)."""
+        if self.xi is not None:
+            self.R = self.radii()
+            self.xi = self.A = self.RA = None
+
+    # -- feed-forward layers ---------------------------------------------------------------
+    def ff_dense(self, ff) -> None:
+        if float(ff.eta) == 0 and ff.width == 1:
+            self._line_ff(ff)
+        else:
+            self._ff_on(ff, np.arange(len(self.X)))
+        self._note(slice(None))
+
+    def run_slack(self, ffs: list, xmax: float) -> np.ndarray:
+        """The float screen's slack plus the enclosures' radii and the rounding of t."""
+        n1 = np.array([float(np.abs(ff.U).sum(axis=1).max()) for ff in ffs])
+        bmax = np.array([float(np.abs(ff.b).max()) for ff in ffs])
+        self._rb = 2 * float(self.eff.max(initial=0.0)) + 1e-300  # rows may grow up to this
+        self._xb = 2 * xmax
+        d = self.X.shape[1]
+        extra = n1 * self._rb + gamma(d + 2) * (n1 * self._xb + bmax)
+        return (_slack(ffs, xmax) + extra) * SAFE
+
+    def screen_holds(self, rows: np.ndarray) -> bool:
+        return bool(self.eff[rows].max(initial=0.0) <= self._rb
+                    and np.abs(self.X[rows]).max(initial=0.0) <= self._xb)
+
+    def ff_rows(self, ff, rows: np.ndarray) -> np.ndarray:
+        r = rows[self._ff_on(ff, rows)]
+        self._note(r)
+        return r
+
+    def ff_wide(self, ff, sc, xmax: float) -> None:
+        from .screen import chunks_above
+
+        sc.pair_thr = sc.pair_thr - self.run_slack([ff], xmax)[0]
+        sc.prepare()
+        found = [r for r, _, _ in chunks_above(self.X, sc.cols, sc.col_thr)]
+        rows = np.unique(np.concatenate(found)) if found else np.zeros(0, dtype=np.int64)
+        if len(rows):
+            self.ff_rows(ff, rows)
+
+    def _line_ff(self, ff) -> None:
+        """η = 0, width 1: the true output is exactly ``w·relu(p)`` — a line part."""
+        rows = np.arange(len(self.X))
+        x = self.X
+        pre, rp, on, off, h, *_ = _pre_activations(ff, *_distinct_columns(ff), x, self.R,
+                                                   self.xi, self.A, self.RA)
+        w = ff.W[:, 0]
+        y = ff(x)
+        self.X = y
+        self.xi = np.where(off[:, 0], 0.0, rp[:, 0]) * SAFE
+        self.A = np.broadcast_to(w, y.shape).copy()
+        self.RA = np.zeros_like(y)
+        self.R = (np.abs(y - h[:, :1] * w) + U * np.abs(y)) * SAFE + TINY
+        del rows, pre, on
+
+    def _ff_on(self, ff, rows: np.ndarray) -> np.ndarray:
+        """Apply ``ff`` to ``rows`` (mid and enclosure); returns which rows may have changed."""
+        cols, cu = _distinct_columns(ff)
+        if len(cols) == 1 and float(ff.eta) == 1:
+            touched, mixed = self._one_direction(ff, cols[0], rows)
+            if not len(mixed):
+                return touched
+            rest = np.zeros(len(rows), dtype=bool)
+            rest[mixed] = True
+            return touched | self._ff_units(ff, cols, cu, rows, rest)
+        return self._ff_units(ff, cols, cu, rows, np.ones(len(rows), dtype=bool))
+
+    def _one_direction(self, ff, c, rows):
+        """An η = 1 layer whose units all read one direction c (snaps, point moves).
+
+        For a row whose units are all decided, the on-units are those whose threshold lies
+        below its ``t = ⟨c, x⟩``: a prefix in threshold order, so the layer is the affine map
+        ``x + S_p·t + B_p`` with ``S_p = Σ W_u`` and ``B_p = Σ W_u b_u`` over the prefix,
+        precomputed in double-double and rounded once. The steep weights cancel in these
+        sums (a snap's S_p ≈ −c/|c|², a plateau's 0), so neither the mid nor its radius
+        carries the rounding of the large terms. Returns (touched rows, rows with an
+        undecided unit: those take the unit-by-unit formula).
+        """
+        tab = _prefix_table(ff, c)
+        x, R = self.X[rows], self.R[rows]
+        d = x.shape[1]
+        ac = np.abs(c)
+        t = x @ c
+        et = gamma(d) * (np.abs(x) @ ac)
+        rtR = R @ ac
+        rt = rtR + et
+        line = self.xi is not None
+        if line:
+            A, RA, xi = self.A[rows], self.RA[rows], self.xi[rows]
+            tA = A @ c
+            rt = rt + xi * (np.abs(tA) + RA @ ac + gamma(d) * (np.abs(A) @ ac))
+        slack = (rt + U * np.abs(t)) * SAFE + TINY
+        p_on = np.searchsorted(tab.key_on, t - slack, side="left")
+        p_off = np.searchsorted(tab.key_off, t + slack, side="left")
+        mixed = np.flatnonzero(p_on != p_off)
+        touched = p_off > 0
+        go = np.flatnonzero(touched & (p_on == p_off))
+        if len(go):
+            p = p_on[go]
+            S, eS, B, eB = tab.S[p], tab.eS[p], tab.B[p], tab.eB[p]
+            tg, xg = t[go], x[go]
+            St = S * tg[:, None]
+            y = xg + St
+            y += B
+            # radius: rounding (γ₃ of the three terms), the sums' own error, then what the
+            # input's radius and the rounding of t do through S (fewest temporaries: this
+            # runs on every token of a compact snap)
+            R2 = np.abs(xg)
+            R2 += np.abs(St)
+            R2 += np.abs(B)
+            R2 *= gamma(3)
+            R2 += R[go]
+            R2 += eB
+            w = eS * np.abs(tg)[:, None]
+            R2 += w
+            spread = rtR[go] + et[go]
+            if spread.any():
+                np.abs(S, out=w)
+                w += eS
+                w *= spread[:, None]
+                R2 += w
+            R2 *= SAFE
+            R2 += TINY
+            r = rows[go]
+            self.X[r], self.R[r] = y, R2
+            if line:
+                Ag, RAg, tAg = A[go], RA[go], tA[go]
+                absS = np.abs(S) + eS
+                SA = S * tAg[:, None]
+                self.A[r] = Ag + SA
+                self.RA[r] = (RAg + absS * ((RAg @ ac) + gamma(d) * (np.abs(Ag) @ ac))[:, None]
+                              + eS * np.abs(tAg)[:, None]
+                              + gamma(2) * (np.abs(Ag) + np.abs(SA))) * SAFE
+        touched[mixed] = False
+        return touched, mixed
+
+    def _ff_units(self, ff, cols, cu, rows: np.ndarray, which: np.ndarray) -> np.ndarray:
+        """Unit by unit (module docstring) on ``rows[which]``; returns the touched mask."""
+        touched = np.zeros(len(rows), dtype=bool)
+        rows = rows[which]
+        idx = np.flatnonzero(which)
+        d = self.X.shape[1]
+        step = max(1, (1 << 21) // max(1, ff.width * d))
+        for s in range(0, len(rows), step):
+            r = rows[s:s + step]
+            line = self.xi is not None
+            out = _ff_interval(ff, cols, cu, self.X[r], self.R[r],
+                               self.xi[r] if line else None, self.A[r] if line else None,
+                               self.RA[r] if line else None)
+            y, R, A, RA, t = out
+            self.X[r], self.R[r] = y, R
+            if line:
+                self.A[r], self.RA[r] = A, RA
+            touched[idx[s:s + step]] = t
+        return touched
+
+    # -- attention -------------------------------------------------------------------------
+    def attention(self, sa, segments, attention: str, temperature: float, stats) -> None:
+        self._to_box()
+        X, R = self.X, self.R
+        d = X.shape[1]
+        rho = float(sa.rho)
+        aX = np.abs(X)
+        line = rho == 0 and sa.V is None and sa.Vo.shape[1] == 1
+        if sa.V is not None:
+            VX = X @ sa.V.T
+            rV = R @ np.abs(sa.V).T + gamma(d) * (aX @ np.abs(sa.V).T)
+        else:
+            L = X @ sa.Vi.T
+            rL = (R @ np.abs(sa.Vi).T + gamma(d) * (aX @ np.abs(sa.Vi).T)) * SAFE
+            VX = L @ sa.Vo.T
+            rV = rL @ np.abs(sa.Vo).T + gamma(sa.Vo.shape[1]) * (np.abs(L) @ np.abs(sa.Vo).T)
+        rV = rV * SAFE + TINY
+        out = sa(X, segments, attention, temperature,
+                 observe=self._observer(sa, segments, attention, temperature, stats, VX, rV,
+                                        L if line else None, rL if line else None)
+                 if not sa.uniform else None)
+        counts = np.diff(segments)
+        if sa.uniform:
+            mean = _segment_mean(VX, segments)
+            radm = _segment_mean(rV, segments) + gamma(int(counts.max(initial=1)) + 3) * \
+                _segment_mean(np.abs(VX), segments)
+            mbar = np.repeat(mean, counts, axis=0)
+            radm = np.repeat(radm, counts, axis=0)
+            lam = None
+        else:
+            mbar, radm, lam, lam_rad = self._mix
+        if line:
+            # true output = Vo·λ exactly: the line part carries λ's uncertainty
+            vo = sa.Vo[:, 0]
+            self.xi = lam_rad * SAFE + TINY
+            self.A = np.broadcast_to(vo, out.shape).copy()
+            self.RA = np.zeros_like(out)
+            self.R = (np.abs(out - lam[:, None] * vo) + U * np.abs(out)
+                      + gamma(int(counts.max(initial=1)) + 3) * self._lam_abs[:, None]
+                      * np.abs(vo)) * SAFE + TINY
+        else:
+            rx = rho * X
+            self.R = (abs(rho) * R + radm + np.abs(rx + mbar - out)
+                      + gamma(3) * (np.abs(rx) + np.abs(mbar) + np.abs(out))) * SAFE + TINY
+        self.X = out
+        self._note(slice(None))
+
+    def _observer(self, sa, segments, attention, tau, stats, VX, rV, L, rL):
+        """Per bucket of equal-length sequences: the certified mix of every row.
+
+        Sets ``self._mix = (m̄, radius of the true mix around m̄, λ̃, radius of λ)`` where m̄ is
+        the mean value of the float argmax set (λ̃: the float mix of the line coordinate).
+        """
+        X, R = self.X, self.R
+        T, d = X.shape
+        h = sa.Q.shape[0]
+        aQ, aK = np.abs(sa.Q), np.abs(sa.K)
+        aX = np.abs(X)
+        q, k = X @ sa.Q.T, X @ sa.K.T
+        eq = ((R @ aQ.T + gamma(d) * (aX @ aQ.T)).sum(axis=1)) * SAFE  # ≥ ‖q − q̃‖₂
+        ek = ((R @ aK.T + gamma(d) * (aX @ aK.T)).sum(axis=1)) * SAFE
+        nq = np.sqrt((q * q).sum(axis=1)) * SAFE
+        nk = np.sqrt((k * k).sum(axis=1)) * SAFE
+        counts = np.diff(segments)
+        kmax = np.repeat(np.maximum.reduceat(nk, segments[:-1]) if T else nk, counts)
+        ekmax = np.repeat(np.maximum.reduceat(ek, segments[:-1]) if T else ek, counts)
+        rs = (eq * (kmax + ekmax) + nq * ekmax + gamma(h + 1) * nq * kmax) * SAFE + TINY
+        dv = VX.shape[1]
+        mbar = np.zeros((T, dv))
+        radm = np.zeros((T, dv))
+        lam = np.zeros(T) if L is not None else None
+        lam_rad = np.zeros(T) if L is not None else None
+        self._lam_abs = np.zeros(T)
+        self._mix = (mbar, radm, lam, lam_rad)
+        buckets = iter(length_buckets(segments))
+        softmax = attention == "softmax"
+
+        def observe(scores, mask, values, P):
+            idx = next(buckets)
+            if stats is not None:
+                record_margins(stats, scores, mask, values, P)
+            B, n = idx.shape
+            top = scores.max(axis=2)
+            r = rs[idx]
+            if softmax:  # S = every token whose true score may be the top: spread covers it
+                mask = scores >= (top - 2 * r * SAFE)[..., None]
+            second = np.where(mask, -np.inf, scores).max(axis=2)
+            cnt = mask.sum(axis=2)
+            span = np.maximum(top - second, 0.0) if n > 1 else np.full_like(top, np.inf)
+            decided = span > 2 * r * SAFE
+            mixes = [(VX, rV, mbar, radm)]
+            if L is not None:
+                mixes.append((L, rL, None, None))
+            if softmax:
+                gap_up = (second - top) + 2 * r  # ≥ true score gap to any token off S
+                with np.errstate(invalid="ignore"):
+                    z = np.where(np.isfinite(second), gap_up / tau, -np.inf)
+                off = np.minimum(1.0, (n - cnt) * _exp_upper(z) * SAFE)
+                if stats is not None:
+                    stats["certified_leak"] = max(stats.get("certified_leak", 0.0),
+                                                  float(off.max(initial=0.0)))
+            for which, (vals, rvals, mb_out, rm_out) in enumerate(mixes):
+                v = vals[idx]  # (B, n, k)
+                rvv = rvals[idx]
+                j0 = scores.argmax(axis=2)
+                bi = np.arange(B)[:, None]
+                m = v[bi, j0]  # argmax set of one: its value
+                rad = rvv[bi, j0]
+                multi = ~decided | (cnt > 1)
+                if multi.any():
+                    b_, i_ = np.nonzero(multi)
+                    cand = scores[b_, i_] >= (top[b_, i_] - 2 * r[b_, i_] * SAFE)[:, None]
+                    cand |= mask[b_, i_]
+                    msk = mask[b_, i_]
+                    mm = (msk[:, :, None] * v[b_]).sum(axis=1) / msk.sum(axis=1)[:, None]
+                    spread = np.where(cand[:, :, None], np.abs(v[b_] - mm[:, None]) + rvv[b_],
+                                      0.0).max(axis=1)
+                    vmax = np.where(cand[:, :, None], np.abs(v[b_]), 0.0).max(axis=1)
+                    m[b_, i_] = mm
+                    rad[b_, i_] = spread + gamma(n + 2) * vmax
+                if softmax:
+                    # weight off the argmax set times the farthest value of the sequence
+                    lo = (v - rvv).min(axis=1, keepdims=True)
+                    hi = (v + rvv).max(axis=1, keepdims=True)
+                    far = np.maximum(hi - m, m - lo)
+                    rad = rad + off[..., None] * far
+                    if which == 1:
+                        mix = np.matmul(P, v)  # the float mix of λ (centre of the line part)
+                        rad = rad + np.abs(mix - m) + gamma(n + 2) * np.abs(v).max(axis=1,
+                                                                                    keepdims=True)
+                        m = mix
+                if which == 0:
+                    mb_out[idx] = m
+                    rm_out[idx] = rad * SAFE
+                else:
+                    lam[idx] = m[..., 0]
+                    lam_rad[idx] = rad[..., 0] * SAFE
+                    self._lam_abs[idx] = np.abs(v[..., 0]).max(axis=1, keepdims=True)
+
+        return observe
+
+
+def _segment_mean(V: np.ndarray, segments: np.ndarray) -> np.ndarray:
+    if len(V) == 0:
+        return V
+    return np.add.reduceat(V, segments[:-1], axis=0) / np.diff(segments)[:, None]
+
+
+def _distinct_columns(ff):
+    """Distinct rows of U and the column of every unit (cached on the layer)."""
+    cached = getattr(ff, "_columns", None)
+    if cached is None or cached[0] is not ff.U:
+        if len(ff.U) and (ff.U == ff.U[0]).all():
+            cached = (ff.U, ff.U[:1], np.zeros(len(ff.U), dtype=np.int64))
+        else:
+            cols, cu = np.unique(ff.U, axis=0, return_inverse=True)
+            cached = (ff.U, cols, cu.reshape(-1))
+        try:
+            ff._columns = cached
+        except AttributeError:
+            pass
+    return cached[1], cached[2]
+
+
+def _pre_activations(ff, cols, cu, x, R, xi, A, RA):
+    """Pre-activations, their radius and the on/off/undecided split (module docstring)."""
+    d = x.shape[1]
+    absc = np.abs(cols)
+    t = x @ cols.T
+    et = gamma(d) * (np.abs(x) @ absc.T)  # rounding of t (any summation order)
+    rtR = R @ absc.T
+    rt = rtR + et
+    tA = None
+    if xi is not None:
+        tA = A @ cols.T
+        rt = rt + xi[:, None] * (np.abs(tA) + RA @ absc.T + gamma(d) * (np.abs(A) @ absc.T))
+    pre = t[:, cu] + ff.b
+    rp = (rt[:, cu] + U * np.abs(pre)) * SAFE + TINY
+    on = pre - rp > 0
+    off = pre + rp <= 0
+    h = nm.relu(pre)
+    return pre, rp, on, off, h, t, et, rtR, tA, absc
+
+
+def _ff_interval(ff, cols, cu, x, R, xi, A, RA):
+    """One FF on some rows in interval arithmetic: (mid, box radius, A, RA, touched)."""
+    pre, rp, on, off, h, t, et, rtR, tA, absc = _pre_activations(ff, cols, cu, x, R, xi, A, RA)
+    eta = float(ff.eta)
+    W = ff.W
+    absW = np.abs(W)
+    und = ~(on | off)
+    y = ff.eta * x + h @ W.T  # the layer's formula (η = 1, all off: x + 0 = x exactly)
+    C = len(cols)
+    w = ff.width
+    # S_c = Σ W_u over the on-units of column c, per row: sparse (a row has few on-units
+    # in a layer reading many directions), grouped by (row, column)
+    ri, ui = np.nonzero(on)
+    key = ri * C + cu[ui]
+    order = np.argsort(key, kind="stable")
+    ri, ui, key = ri[order], ui[order], key[order]
+    starts = np.flatnonzero(np.r_[True, key[1:] != key[:-1]]) if len(key) else key
+    Wp = W.T[ui]  # (pairs, d)
+    S = np.add.reduceat(Wp, starts, axis=0) if len(key) else np.zeros((0, W.shape[0]))
+    eS = gamma(w) * (np.add.reduceat(np.abs(Wp), starts, axis=0) if len(key) else S)
+    g_row, g_col = ri[starts], cu[ui[starts]]
+    absS = np.abs(S) + eS
+    hW = h @ absW.T
+    Rn = (abs(eta) * R + (rp * und) @ absW.T + gamma(w + 2) * (abs(eta) * np.abs(x) + hW)
+          + U * hW)
+    if len(g_row):
+        np.add.at(Rn, g_row, absS * (rtR + et)[g_row, g_col][:, None])
+    Rn = Rn * SAFE + TINY
+    An = RAn = None
+    if xi is not None:
+        An = eta * A
+        RAn = abs(eta) * RA + gamma(C + 2) * abs(eta) * np.abs(A)
+        if len(g_row):
+            tAg = tA[g_row, g_col][:, None]
+            np.add.at(An, g_row, S * tAg)
+            spread = (RA @ absc.T + gamma(x.shape[1]) * (np.abs(A) @ absc.T))[g_row, g_col]
+            np.add.at(RAn, g_row, absS * spread[:, None] + eS * np.abs(tAg)
+                      + gamma(C + 2) * np.abs(S * tAg))
+        RAn = RAn * SAFE
+    touched = ~off.all(axis=1) if eta == 1 else np.ones(len(x), dtype=bool)
+    if eta == 1 and not touched.all():  # rows with every unit off: exactly unchanged
+        keep = ~touched
+        Rn[keep] = R[keep]
+        y[keep] = x[keep]
+        if xi is not None:
+            An[keep], RAn[keep] = A[keep], RA[keep]
+    return y, Rn, An, RAn, touched
+
+
+class _PrefixTable:
+    """Per layer reading one direction: units in threshold order and prefix sums of W, W·b."""
+
+    def __init__(self, ff, c):
+        theta = -np.asarray(ff.b, dtype=np.float64)
+        order = np.argsort(theta, kind="stable")
+        th = theta[order]
+        # unit u (in order) is on when t − slack > θ_u(1 + u), off when t + slack ≤ θ_u(1 − u)
+        self.key_on = th + U * np.abs(th) * 2
+        self.key_off = th - U * np.abs(th) * 2
+        Wt = np.ascontiguousarray(ff.W.T[order])  # (w, d)
+        bt = np.asarray(ff.b, dtype=np.float64)[order][:, None]
+        self.S, self.eS = _dd_prefix(Wt, np.zeros_like(Wt), np.abs(Wt))
+        hi, lo = _two_product(Wt, np.broadcast_to(bt, Wt.shape))
+        self.B, self.eB = _dd_prefix(hi, lo, np.abs(Wt) * np.abs(bt))
+
+
+def _prefix_table(ff, c) -> _PrefixTable:
+    tab = getattr(ff, "_prefix", None)
+    if tab is None or tab[0] is not ff.W or tab[1] is not ff.b:
+        tab = (ff.W, ff.b, _PrefixTable(ff, c))
+        try:
+            ff._prefix = tab
+        except AttributeError:
+            pass
+    return tab[2]
+
+
+def _two_product(a: np.ndarray, b: np.ndarray):
+    """a·b = hi + lo exactly (Dekker's product; no overflow for |a|, |b| < 1e290)."""
+    hi = a * b
+    split = 134217729.0  # 2^27 + 1
+    ca, cb = split * a, split * b
+    a1 = ca - (ca - a)
+    b1 = cb - (cb - b)
+    a2, b2 = a - a1, b - b1
+    lo = ((a1 * b1 - hi) + a1 * b2 + a2 * b1) + a2 * b2
+    return hi, lo
+
+
+def _dd_prefix(hi: np.ndarray, lo: np.ndarray, size: np.ndarray):
+    """Prefix sums (0, x₀, x₀+x₁, …) of the exact values hi + lo, rounded to float64.
+
+    Returns (sums, bound on |exact − sum|): double-double accumulation (TwoSum) loses at
+    most ~4u²·Σ|x| (bounded here by 8u²·Σ size + 2u²·Σ|x|), then one rounding u·|sum|.
+    """
+    k, d = hi.shape
+    out = np.zeros((k + 1, d))
+    err = np.zeros((k + 1, d))
+    s_hi = np.zeros(d)
+    s_lo = np.zeros(d)
+    acc = np.zeros(d)
+    for i in range(k):
+        a = hi[i]
+        s = s_hi + a
+        bb = s - s_hi
+        e = (s_hi - (s - bb)) + (a - bb)  # TwoSum: s_hi + a = s + e exactly
+        s_lo = s_lo + (e + lo[i])
+        s_hi = s + s_lo  # renormalise
+        s_lo = s_lo - (s_hi - s)
+        acc = acc + size[i] + np.abs(hi[i])
+        out[i + 1] = s_hi + s_lo
+        err[i + 1] = U * np.abs(out[i + 1]) + 16 * U * U * acc
+    return out, err * SAFE + TINY
+
+
+_EXP_CACHE: dict[int, float] = {}
+
+
+def _exp_upper(z: np.ndarray) -> np.ndarray:
+    """Certified upper bounds of exp(z): exp(⌈16 z⌉/16) in arb ball arithmetic, rounded up."""
+    out = np.zeros(z.shape)
+    fin = np.isfinite(z)
+    out[np.isposinf(z)] = np.inf
+    if not fin.any():
+        return out
+    k = np.ceil(z[fin] * EXP_GRID).astype(np.int64)
+    keys, inv = np.unique(k, return_inverse=True)
+    vals = np.array([_exp_grid(int(key)) for key in keys])
+    out[fin] = vals[inv.reshape(-1)]
+    return out
+
+
+def _exp_grid(key: int) -> float:
+    if key not in _EXP_CACHE:
+        if key > 700 * EXP_GRID:
+            _EXP_CACHE[key] = math.inf
+        elif key < -740 * EXP_GRID:
+            _EXP_CACHE[key] = 5e-324  # exp < 1e-321: the smallest positive float is above it
+        else:
+            import flint
+
+            ball = flint.arb(flint.fmpq(key, EXP_GRID)).exp()
+            upper = float(ball.mid() + ball.rad())
+            _EXP_CACHE[key] = math.nextafter(math.nextafter(upper, math.inf), math.inf)
+    return _EXP_CACHE[key]
