@@ -56,7 +56,7 @@ from .forward import (
 
 U = 2.0 ** -53  # unit roundoff of float64
 SAFE = 1 + 1e-9  # inflation of every computed radius (covers its own rounding)
-TINY = 1e-300  # absolute term: underflow of products
+TINY = 1e-318  # absolute term: underflow (≤ 2⁻¹⁰⁷⁵ per product; ~2·10⁵ products per term)
 EXP_GRID = 16  # softmax: exp bounded at ceil(16·z)/16
 
 
@@ -197,7 +197,7 @@ class Interval(Float):
         """The float screen's slack plus the enclosures' radii and the rounding of t."""
         n1 = np.array([float(np.abs(ff.U).sum(axis=1).max()) for ff in ffs])
         bmax = np.array([float(np.abs(ff.b).max()) for ff in ffs])
-        self._rb = 2 * float(self.eff.max(initial=0.0)) + 1e-300  # rows may grow up to this
+        self._rb = 2 * float(self.eff.max(initial=0.0)) + TINY  # rows may grow up to this
         self._xb = 2 * xmax
         d = self.X.shape[1]
         extra = n1 * self._rb + gamma(d + 2) * (n1 * self._xb + bmax)
