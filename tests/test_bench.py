@@ -39,6 +39,10 @@ def test_quick_bench_writes_json_markdown_and_png(quick):
     md = (quick / "bench.md").read_text()
     assert md.count("| hardmax |") == sum(r["attention"] == "hardmax" for r in rows)
     assert "Compile vs learn" in md
+    exact = [r for r in rows if r["exact"]]  # issue 15: exact rows with size and bit lengths
+    assert exact and all(r["max_rel_error"] == 0 and r["file_mb"] > 0 for r in exact)
+    assert all(r["weight_bits"] > 0 and r["state_bits"] >= 53 for r in exact)
+    assert "Exact mode" in md
     assert (quick / "bench.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
@@ -63,6 +67,12 @@ def test_full_grid_holds_the_issue_targets():
     assert {c.m for c in cases} == {1, 4}
     tokens = [c.tokens for c in cases if c.series == "hardmax-compact-N"]
     assert min(tokens) == 10**4 and max(tokens) == 10**6
+    # issue 15: exact mode at 900, 10⁴ and 10⁵ tokens, strict and compact
+    assert keyed["hardmax-strict-exact-N30-n30-d8-m1"].targets == {"compile_s": 2.0,
+                                                                   "verify_s": 2.0}
+    for mode in ("strict", "compact"):
+        assert keyed[f"hardmax-{mode}-exact-N100-n100-d16-m1"].targets["peak_mb"] == 4096.0
+        assert keyed[f"hardmax-{mode}-exact-N1000-n100-d16-m1"].targets["compile_s"] == 900.0
 
 
 def test_exponent_fit_and_target_checks():
