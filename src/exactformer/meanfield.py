@@ -35,6 +35,9 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from .model import argmax_mask
+from .tolerances import TIE_RTOL
+
 __all__ = [
     "SelfAttentionFlow",
     "Solution",
@@ -47,8 +50,6 @@ __all__ = [
     "distinct_points",
 ]
 
-#: Relative tolerance below which two hardmax scores of one query count as tied.
-TIE_RTOL = 1e-12
 
 # Dormand & Prince (1980), RK5(4)7FM: nodes, stage matrix, 5th-order weights, error weights
 _C = np.array([0.0, 1 / 5, 3 / 10, 4 / 5, 8 / 9, 1.0, 1.0])
@@ -116,9 +117,8 @@ class SelfAttentionFlow:
             hi = min(lo + self.chunk, idx.stop)
             S = (X[lo:hi] @ self.Q.T) @ keys.T  # (chunk, n) scores
             top = S.max(axis=1, keepdims=True)
-            if math.isinf(self.beta):
-                scale = np.abs(S).max(axis=1, keepdims=True)
-                W = (S >= top - TIE_RTOL * scale).astype(float)
+            if math.isinf(self.beta):  # the hardmax limit, ties as the dynamics count them
+                W = argmax_mask(S, TIE_RTOL).astype(float)
             else:
                 W = np.exp(self.beta * (S - top))
             out[a : a + hi - lo] = (W @ X) / W.sum(axis=1, keepdims=True)

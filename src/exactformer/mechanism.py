@@ -1,7 +1,7 @@
 """Mechanism annotations: what every block does to every token of the compiled data (issue 16).
 
 A compiled model is ground truth for interpretability methods: the compiler knows which
-tokens are *leaders* (the points it moves, docs/design.md §4 step 4), where each token is
+tokens are *leaders* (the points it moves, docs/design.md §4 step 3), where each token is
 sent (its *destination*, shared by the tokens of one target), the *collapse* block whose
 hardmax attention replaces every token by its destination, and — measured on the data by
 an exact forward pass — the block after which each token's value never changes again.

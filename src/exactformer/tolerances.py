@@ -9,6 +9,9 @@ The ladder, from "the same" to "far apart" (× scale):
 
     COPY (1e-9)  <  MIN_GAP (1e-8, × spread)  <  DISTINCT (1e-7)  <  GOOD_GAP (1e-6, × spread)
 
+(inputs; for targets, TARGET_GAP = COPY: float mode needs distinct targets at least that far
+apart, since outputs are only ever compared with them, never moved by a trapezoid).
+
 * Two values closer than ``COPY`` are copies of one point (equal means, merged copies); two
   values that are not copies must be at least ``DISTINCT`` apart, a factor 100 above, so that
   a draw landing in between is recognised as unlucky and redrawn rather than guessed.
@@ -69,7 +72,13 @@ twin's matmul) measured ~1.1× the numpy error; 2e-12 keeps both 50× under VERI
 
 # -- verification and the screened forward pass --------------------------------------------------
 VERIFY_TOL = 1e-10
-"""Float verification: largest error that passes, × scale."""
+"""Float verification: largest error that passes, × scale (the default of ``--tol``)."""
+MAX_VERIFY_TOL = 1e-3
+"""Largest ``--tol`` the CLI accepts: above it "verified" would say little."""
+TARGET_GAP = COPY
+"""Float mode refuses distinct targets closer than this × scale: the pass rule needs every
+error below a quarter of their distance, and compact snaps round at ~SNAP_BUDGET × scale,
+so targets as close as copies (COPY) cannot be told apart reliably; ``--exact`` can."""
 SCREEN_SLACK = 1e-9
 """The forward pass's FF screen lowers every ReLU threshold by this × (|U|·|x| + |b|): far above
 the rounding difference of two evaluation orders, so a skipped row is provably off."""

@@ -28,13 +28,9 @@ import numpy as np
 from . import numeric as nm
 from .dataset import Dataset
 from .model import Transformer
-from .tolerances import VERIFY_TOL
+from .tolerances import TARGET_GAP, VERIFY_TOL
 
 DEFAULT_TOL = VERIFY_TOL
-# Float mode refuses distinct targets closer than this × scale (docs/verification.md): the
-# pass rule needs an error below a quarter of their distance, and the compact snaps round
-# at ~1e-12 × scale.
-TARGET_GAP = 1e-9
 _CERTIFIED_EVALUATOR = True
 
 

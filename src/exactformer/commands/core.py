@@ -124,7 +124,7 @@ def compile_cmd(
         console.print(_summary(model, dataset, report, seconds, f"compiled {data} → {out}"))
 
 
-MAX_TOL = 1e-3  # relative: above this "verified" would say little (docs/limits.md)
+from ..tolerances import MAX_VERIFY_TOL as MAX_TOL  # noqa: E402  (docs/limits.md)
 
 
 @app.command("verify")
