@@ -13,6 +13,7 @@ import numpy as np
 
 from .. import numeric as nm
 from ..craft import Units, feed_forward
+from ..dataset import available_memory
 from ..model import Block, FeedForward, SelfAttention
 
 
@@ -194,23 +195,6 @@ def memory_estimate(state: TokenState) -> int:
     T, d = state.X.shape
     per_int = 8 + 28 + 4 * -(-max(state.X.bit_length(), 1) // 30)
     return MEMORY_COPIES * T * (d + 1) * per_int
-
-
-def available_memory() -> int | None:
-    """Bytes the operating system reports available (MemAvailable), None if unknown."""
-    try:
-        with open("/proc/meminfo") as fh:
-            for line in fh:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    try:
-        import os
-
-        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
-    except (ValueError, OSError, AttributeError):
-        return None
 
 
 def check_memory(builder: ModelBuilder) -> None:
