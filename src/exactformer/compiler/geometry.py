@@ -459,7 +459,7 @@ def broadcast_and_classify(builder, rng: np.random.Generator,
                            tries: int = 8) -> None:
     """Uniform attention ``V = c·M`` (fresh generic positive M), then refine the classes.
 
-    The published construction uses a rank-one ``V = c·e·uᵀ`` (docs/design.md §4 step 1
+    The reference construction uses a rank-one ``V = c·e·uᵀ`` (docs/design.md §4 step 1
     argues the change); then copies of one value in two
     sequences end ``c·|⟨u, μ_A − μ_B⟩|·|e|`` apart, and over N sequences the smallest such
     projection shrinks like 1/N² (seen: 1e-8 × scale at N = 1000 on data drawn from a small

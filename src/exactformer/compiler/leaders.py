@@ -105,7 +105,7 @@ def _outermost_points(st, pid: np.ndarray, classes: np.ndarray, first: np.ndarra
                       satellites: set) -> np.ndarray:
     """Per class, the main leader: its point farthest from the mean of all tokens.
 
-    The published construction takes the first token of the group's first sequence
+    The reference construction takes the first token of the group's first sequence
     (docs/design.md §4 step 3 argues the change). Any point of the group whose tokens may
     all output the main target serves as well (the collapse sends
     every non-leader to the main leader, and the first token's target *is* the main
