@@ -327,7 +327,7 @@ _POT_NUMPY_ONLY = ("POT_BACKEND_DISABLE_PYTORCH", "POT_BACKEND_DISABLE_JAX",
                    "POT_BACKEND_DISABLE_CUPY", "POT_BACKEND_DISABLE_TENSORFLOW")
 
 
-def _import_pot():
+def require_pot():
     """``import ot`` with POT's numpy backend only, when it is imported here first: its other
     backends would import PyTorch & co. (seconds) for nothing, W2 runs on numpy arrays. The
     environment is restored afterwards."""
@@ -351,7 +351,7 @@ def wasserstein2(X: np.ndarray, Y: np.ndarray, y_weights: np.ndarray | None = No
     distribution of the rows of ``Y`` (uniform, or ``y_weights``): POT's network simplex
     (``ot.emd2``) on the squared Euclidean cost, then the square root."""
     try:
-        ot = _import_pot()
+        ot = require_pot()
     except ImportError as exc:  # pragma: no cover - depends on the environment
         raise ImportError("the W2 distance needs POT: pip install 'exactformer[meanfield]'") \
             from exc

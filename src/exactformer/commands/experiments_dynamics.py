@@ -83,3 +83,29 @@ def sentiment(
         f" CPU {r['cpu_seconds']:.1f} s, wall {r['wall_seconds']:.1f} s; wrote {out}",
         highlight=False,
     )
+
+
+@experiment_app.command("meanfield")
+@user_errors
+def meanfield(
+    out: Annotated[Path, typer.Option("--out", help="Directory for PNGs, results, README.md.")],
+    quick: Annotated[bool, typer.Option("--quick", help="Small n, few β (< 1 min).")] = False,
+) -> None:
+    """Softmax self-attention flow at low temperature against its hardmax limit (W2, POT).
+
+    Distance to the projection map's push-forward vs time and β, plateau vs sqrt(log(β+1)/β),
+    arrival time vs log β, terminal phase vs the eigenvectors of V; see docs/meanfield.md.
+    """
+    import importlib.util
+
+    if importlib.util.find_spec("ot") is None:
+        fail("experiment meanfield needs POT: pip install 'exactformer[meanfield]'")
+    _make_dir(out)
+    from ..experiments import meanfield as exp
+
+    with _progress() as progress:
+        r = exp.run(out, quick=quick, progress=progress)
+    slopes = ", ".join(f"d={d}: {r['fits'][str(d)]['plateau_slope']['mean']:.2f}"
+                       for d in r["settings"]["dims"])
+    console.print(f"plateau slope vs β {slopes}; {r['machine']['cpu_s']:.0f} s CPU; wrote {out}",
+                  highlight=False)
