@@ -41,8 +41,10 @@ def record(state, dest, collapse_block: int, model=None, sequences=None) -> dict
            "destination_target": np.asarray(dest.target).astype(int).tolist(),
            "destinations": nm.to_float(np.asarray(dest.point)).tolist()}
     exact_softmax = model is not None and model.exact and model.attention == "softmax"
+    # exact models compare integer rows: ~4× the cost of float rows per traced state
+    budget = FINAL_BLOCKS_BUDGET // (4 if model is not None and model.exact else 1)
     if model is not None and sequences is not None and not exact_softmax and \
-            sum(len(x) for x in sequences) * model.n_blocks <= FINAL_BLOCKS_BUDGET:
+            sum(len(x) for x in sequences) * model.n_blocks <= budget:
         out["final_block"] = [f.tolist() for f in final_blocks(model, sequences)]
     return out
 
