@@ -30,6 +30,12 @@ class CompileError(ExactformerError):
     """
 
 
+class ResourceError(ExactformerError):
+    """The work would exceed what this machine has (e.g. exact mode's projected memory beyond
+    what the operating system reports available): exit status 2, not retried with new draws.
+    The message gives the estimate."""
+
+
 class InternalError(Exception):
     """A bug: a step that should not fail did, after its retries (exit status 3).
 

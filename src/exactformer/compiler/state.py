@@ -199,13 +199,13 @@ def memory_estimate(state: TokenState) -> int:
 
 def check_memory(builder: ModelBuilder) -> None:
     """Exact mode: stop with one line and the estimate when it exceeds the available memory."""
-    from ..errors import CompileError
+    from ..errors import ResourceError
 
     need = memory_estimate(builder.state)
     have = available_memory()
     if have is not None and need > have:
         T, d = builder.state.X.shape
-        raise CompileError(
+        raise ResourceError(
             f"exact mode would need about {need / 2**30:.1f} GB for {T:,} tokens in d = {d} "
             f"(states of {builder.state.X.bit_length()} bits), but the operating system "
             f"reports {have / 2**30:.1f} GB available; compile without --exact, or on fewer "
