@@ -118,8 +118,8 @@ def export(model, to: str, out=None, data=None, seed: int = 0) -> ExportReport:
     require(to)
     if not isinstance(model, Transformer):
         model = Transformer.load(model)
-    if model.exact:
-        model = model.as_float()  # the exported weights are the float64 roundings
+    if model.exact:  # the exported weights are the float64 roundings, if they certify
+        model = model.float_model()
     if data is None:
         seqs, checked = probe(model, seed), f"a random probe (seed {seed})"
     else:
