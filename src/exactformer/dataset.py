@@ -327,6 +327,8 @@ def _check_labels(labels, n: int, path) -> np.ndarray:
     """One label per sequence: integers or names (text); they are names of classes."""
     if isinstance(labels, list):  # JSON: a flat list of integers or of strings
         kinds = {type(v) for v in labels}
+        if kinds <= {int} and any(abs(v) >= 2**63 for v in labels):
+            raise DatasetError(f"{path}: integer labels must lie within ±2⁶³ (or be names)")
         if kinds <= {int} or kinds <= {str}:
             labels = np.array(labels, dtype=np.int64 if kinds <= {int} else str)
         else:

@@ -41,6 +41,17 @@ def length_buckets(segments: np.ndarray, max_entries: int = 2_000_000):
             yield s[:, None] + np.arange(n)[None, :]
 
 
+def query_chunks(idx: np.ndarray, max_entries: int = 2_000_000):
+    """Slices of the query positions of a bucket ``idx`` (B, n) with at most ``max_entries``
+    scores each (B × rows × n): one sequence of 10⁵ tokens is attended 20 rows at a time
+    (16 MB of scores) instead of as one 10⁵ × 10⁵ matrix (80 GB). Rows are independent, so
+    the result is the same arithmetic (docs/limits.md)."""
+    B, n = idx.shape
+    rows = max(1, max_entries // max(1, B * n))
+    for r in range(0, n, rows):
+        yield slice(r, min(n, r + rows))
+
+
 def record_margins(stats, scores, mask, values, P) -> None:
     """Smallest relative score margin between a token's argmax set and the distinct tokens.
 

@@ -15,7 +15,7 @@ import numpy as np
 
 from .. import numeric as nm
 from ..errors import CompileError, InternalError
-from ..forward import length_buckets
+from ..forward import length_buckets, query_chunks
 from ..model import SelfAttention
 from ..tolerances import SOFTMAX_ACCEPT, SOFTMAX_EPS
 from .state import TokenState
@@ -44,26 +44,29 @@ def choose_temperature(st: TokenState, dest: Destinations, line: Line, targets) 
     pid = st.point_ids()
     moved[np.isin(pid, [p for p, _ in dest.moves])] = True
     tau = np.inf
-    for idx in length_buckets(st.segments):
-        n = idx.shape[1]
+    for idx_all in length_buckets(st.segments):
+        n = idx_all.shape[1]
         if n == 1:
             continue
-        pi = Pi[idx]  # (B, n, 2)
-        scores = pi @ np.swapaxes(pi, 1, 2)
-        td = dest.token_dest[idx]
-        at_dest = moved[idx][:, None, :] & (td[:, None, :] == td[:, :, None])  # (B, n, n)
-        others = ~at_dest
-        if not at_dest.any(axis=2).all():
-            raise InternalError("internal: a token has no leader at its destination")
-        top = np.where(at_dest, scores, np.inf).min(axis=2)
-        rival = np.where(others, scores, -np.inf).max(axis=2)
-        gap = top - rival
-        diam = np.abs(lam[idx][:, None, :] - lam_dest[td][:, :, None]).max(axis=2)
-        has_rival = np.isfinite(rival)
-        if np.any(has_rival & (gap <= 0)):
-            raise InternalError("internal: a token scores higher away from its destination")
-        ratio = np.log(np.maximum((n - 1) * diam / eps, np.e))
-        tau = min(tau, float(np.min(np.where(has_rival, gap / ratio, np.inf))))
+        pi_keys = Pi[idx_all]  # (B, n, 2)
+        for rows in query_chunks(idx_all):  # long sequences: a few query rows at a time
+            idx = idx_all[:, rows]
+            scores = Pi[idx] @ np.swapaxes(pi_keys, 1, 2)  # (B, rows, n)
+            td = dest.token_dest[idx]
+            td_keys = dest.token_dest[idx_all]
+            at_dest = moved[idx_all][:, None, :] & (td_keys[:, None, :] == td[:, :, None])
+            others = ~at_dest
+            if not at_dest.any(axis=2).all():
+                raise InternalError("internal: a token has no leader at its destination")
+            top = np.where(at_dest, scores, np.inf).min(axis=2)
+            rival = np.where(others, scores, -np.inf).max(axis=2)
+            gap = top - rival
+            diam = np.abs(lam[idx_all][:, None, :] - lam_dest[td][:, :, None]).max(axis=2)
+            has_rival = np.isfinite(rival)
+            if np.any(has_rival & (gap <= 0)):
+                raise InternalError("internal: a token scores higher away from its destination")
+            ratio = np.log(np.maximum((n - 1) * diam / eps, np.e))
+            tau = min(tau, float(np.min(np.where(has_rival, gap / ratio, np.inf))))
     if not np.isfinite(tau):
         tau = 1.0  # no token has a rival: every weight is on the destination
     top_score = float(np.max(np.abs(Pi @ Pi.T))) if len(Pi) < 4096 else float(
