@@ -21,17 +21,11 @@ from ..cli import (
     output_file,
     user_errors,
 )
+from .training import _require_torch  # one line and exit 2 without PyTorch
 
 tdtf_app = typer.Typer(help="Time-delayed transformer (TD-TF) on your own time series.",
                        no_args_is_help=True)
 app.add_typer(tdtf_app, name="tdtf")
-
-
-def _require_torch() -> None:
-    try:
-        import torch  # noqa: F401
-    except ImportError:
-        fail("this command needs PyTorch: pip install 'exactformer[torch]'")
 
 
 def _say(text: str) -> None:
