@@ -26,6 +26,7 @@ def test_quick_bench_writes_json_markdown_and_png(quick):
         assert r["blocks"] >= 3 and r["params"] > 0
         assert 0 < r["compiler_s"] <= r["compile_s"]  # in-process part of the whole process
         assert r["verify_s"] > 0 and r["peak_mb"] > 10  # a Python process with numpy
+        assert r["verify_plain_s"] > 0  # verify --no-certify in the same run
         assert 0 <= r["max_rel_error"] <= 1e-10
     strict = [r for r in rows if r["mode"] == "strict"]
     compact = [r for r in rows if r["mode"] == "compact" and r["m"] == 1]

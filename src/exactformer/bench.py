@@ -201,6 +201,12 @@ def run_case(case: Case, work: Path, repeat: int, log=print) -> dict:
         run.update(verify_s=v["seconds"], verify_code=v["code"], verify_peak_mb=v["peak_mb"])
         found = re.search(r"checked in ([0-9.]+) s", v["output"])
         run["verify_inner_s"] = float(found.group(1)) if found else None
+        # the plain float check in the same run: what the certificate costs (issue 12)
+        p = timed_process(_cli("verify", model_path, data, "--no-certify"),
+                          work / f"{case.key}.verify-plain.log")
+        found = re.search(r"checked in ([0-9.]+) s", p["output"])
+        run.update(verify_plain_s=p["seconds"],
+                   verify_plain_inner_s=float(found.group(1)) if found else None)
         from .model import Transformer
 
         model = Transformer.load(model_path)
@@ -209,7 +215,8 @@ def run_case(case: Case, work: Path, repeat: int, log=print) -> dict:
                    max_rel_error=model.info.get("max_rel_error"),
                    file_mb=model_path.stat().st_size / 2**20, verify_cpu_s=v["cpu_seconds"],
                    weight_bits=model.info.get("weight_bits"),
-                   state_bits=model.info.get("state_bits"))
+                   state_bits=model.info.get("state_bits"),
+                   certified_delta_rel=model.info.get("certified_delta_rel"))
         runs.append(run)
         log(f"  {case.key} run {r + 1}: compile {c['seconds']:.2f} s (compiler "
             f"{run['compiler_s']} s), verify {v['seconds']:.2f} s, peak {c['peak_mb']:.0f} MB")
@@ -231,7 +238,8 @@ def summarise(case: Case, runs: list[dict]) -> dict:
     row = {**asdict(case), "key": case.key, "tokens": case.tokens, "mode": case.mode,
            "ok": ok, "runs": runs, "repeats": len(runs)}
     for key in ("compile_s", "compiler_s", "verify_s", "verify_inner_s", "peak_mb",
-                "verify_peak_mb", "compile_cpu_s", "verify_cpu_s"):
+                "verify_peak_mb", "compile_cpu_s", "verify_cpu_s", "verify_plain_s",
+                "verify_plain_inner_s"):
         row[key] = _median(runs, key)
     last = runs[-1] if runs else {}
     for key in ("blocks", "params", "width", "rank", "error", "file_mb", "weight_bits",
@@ -239,6 +247,8 @@ def summarise(case: Case, runs: list[dict]) -> dict:
         row[key] = last.get(key)
     errs = [r["max_rel_error"] for r in runs if r.get("max_rel_error") is not None]
     row["max_rel_error"] = max(errs) if errs else None
+    deltas = [r["certified_delta_rel"] for r in runs if r.get("certified_delta_rel") is not None]
+    row["certified_delta_rel"] = max(deltas) if deltas else None
     row["checks"] = check_targets(row, case.targets)
     return row
 
@@ -284,6 +294,13 @@ def derived(rows: list[dict], quick: bool) -> list[dict]:
             out.append({"what": f"growth exponent, {s}, {label}, tokens {lo:.0e}→{hi:.0e}",
                         "value": e, "bound": bound if judged else None,
                         "met": (e is not None and e <= bound) if judged else None})
+    for r in rows:  # issue 12: the certificate costs at most 2× the plain float check
+        if r["ok"] and r.get("verify_inner_s") and r.get("verify_plain_inner_s") and \
+                (r["N"], r["n"], r["d"], r["m"]) == (1000, 100, 16, 1):
+            ratio = r["verify_inner_s"] / r["verify_plain_inner_s"]
+            out.append({"what": f"certified / plain verify ({r['attention']}, {r['mode']}, "
+                                f"10⁵ tokens, in-process 'checked in')", "value": ratio,
+                        "bound": None if quick else 2.0, "met": None if quick else ratio <= 2.0})
     for compact in (False, True):
         m_rows = [r for r in rows if r["series"] == "m" and r["compact"] == compact and r["ok"]]
         for r4 in m_rows:
@@ -399,9 +416,12 @@ def markdown(result: dict) -> str:
              "Times are medians of whole CLI processes (start-up and file I/O included); "
              "*compiler* is the in-process compile time; peak = max RSS of the compile "
              "process. Shared machine: expect noise.", "",
+             "*verify* is certified (the default), *plain* is `verify --no-certify` (whole "
+             "processes); δ = certified distance of every output to its target / scale.", "",
              "| attention | mode | N | n | d | m | tokens | blocks | params | compile s | "
-             "compiler s | verify s | peak MB | max rel err | runs | target | met |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             "compiler s | verify s | plain s | peak MB | max rel err | δ rel | runs | target "
+             "| met |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in result["rows"]:
         tgt = "; ".join(f"{c['metric']} ≤ {c['bound']:g}" for c in r["checks"]) or ""
         met = ("yes" if all(c["met"] for c in r["checks"]) else
@@ -413,8 +433,9 @@ def markdown(result: dict) -> str:
             f"| {r['attention']} | {r['mode']} | {r['N']} | {r['n']} | {r['d']} | {r['m']} | "
             f"{r['tokens']:,} | {_fmt(r['blocks'], 'd')} | {_fmt(r['params'], ',')} | "
             f"{_fmt(r['compile_s'], '.2f')} | {_fmt(r['compiler_s'], '.2f')} | "
-            f"{_fmt(r['verify_s'], '.2f')} | {_fmt(r['peak_mb'], '.0f')} | "
-            f"{_fmt(r['max_rel_error'], '.2g')} | {r['repeats']} | {tgt} | {met} |")
+            f"{_fmt(r['verify_s'], '.2f')} | {_fmt(r.get('verify_plain_s'), '.2f')} | "
+            f"{_fmt(r['peak_mb'], '.0f')} | {_fmt(r['max_rel_error'], '.2g')} | "
+            f"{_fmt(r.get('certified_delta_rel'), '.2g')} | {r['repeats']} | {tgt} | {met} |")
     exact_rows = [r for r in result["rows"] if r.get("exact")]
     if exact_rows:
         lines += ["", "Exact mode (`--exact`): rational weights, verified with error 0; file "
