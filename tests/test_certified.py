@@ -253,3 +253,27 @@ def test_certified_verify_reports_where_it_fails():
     r = ef.verify(model, data)
     assert not r.passed and r.where is not None and r.where.startswith("sequence ")
     assert ef.verify(model, data, certify=False).passed is False or r.certified is False
+
+
+@settings(max_examples=8, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(seed=st.integers(0, 2**31), N=st.integers(2, 3), d=st.integers(2, 3))
+def test_softmax_ball_certificate_on_random_data_and_swapped_targets(seed, N, d):
+    """certify.py on random exact softmax models: proven on their data, refused when two
+    sequences' targets are swapped (the model is then wrong for both)."""
+    from exactformer.certify import certify
+
+    rng = np.random.default_rng(seed)
+    inputs = [rng.integers(-8, 9, size=(int(rng.integers(2, 4)), d)) / 4 for _ in range(N)]
+    targets = [rng.integers(-8, 9, size=(1, d)) / 4 for _ in range(N)]
+    if len({tuple(t[0]) for t in targets}) < N or \
+            len({tuple(map(tuple, np.unique(x, axis=0))) for x in inputs}) < N:
+        return  # equal targets or equal token sets: nothing to swap
+    data = ef.Dataset.from_sequences(inputs, targets)
+    try:
+        model = ef.compile(data, attention="softmax", exact=True)
+    except ef.ExactformerError:
+        return  # infeasible draw (rule i/ii)
+    assert certify(model, data.inputs, data.targets).passed
+    swapped = [targets[1], targets[0], *targets[2:]]
+    cert = certify(model, data.inputs, swapped)
+    assert not cert.passed and "sequence" in cert.message
