@@ -34,8 +34,9 @@ same direction c are summed first (``S_c = Σ W_u``): a trapezoid's plateau or a
 Hardmax: a token's argmax set is *decided* when its top score beats every other by more
 than twice the score radius; otherwise all candidates within the radius are kept and their
 values' spread enters the radius. Softmax: the weight off the argmax set is bounded by
-``(n − |S|)·exp(Δ/τ)`` with Δ the largest possible score gap, the exponential bounded
-above in ball arithmetic (python-flint ``arb``) on a grid of 1/16.
+``(n − |S|)·exp(Δ/τ)`` with Δ the largest possible score gap (token by token,
+``Σ exp(Δ_j/τ)·|v_j − m|``, where that bound is not small: a near-copy just off S), the
+exponential bounded above in ball arithmetic (python-flint ``arb``) on a grid of 1/16.
 """
 
 from __future__ import annotations
@@ -462,8 +463,17 @@ class Interval(Float):
                     # weight off the argmax set times the farthest value of the sequence
                     lo = (v - rvv).min(axis=1, keepdims=True)
                     hi = (v + rvv).max(axis=1, keepdims=True)
-                    far = np.maximum(hi - m, m - lo)
-                    rad = rad + off[..., None] * far
+                    leak = off[..., None] * np.maximum(hi - m, m - lo)
+                    # rows where a token off S keeps a real weight (a near-copy just below
+                    # the top): bound token by token, Σ exp(Δ_j/τ)·|v_j − m| instead
+                    b_, i_ = np.nonzero(off > 1e-9)
+                    if len(b_):
+                        zj = (scores[b_, i_] - (top[b_, i_] - 2 * r[b_, i_])[:, None]) / tau
+                        wj = np.where(mask[b_, i_], 0.0, _exp_upper(zj) * SAFE)
+                        dist = np.abs(v[b_] - m[b_, i_][:, None, :]) + rvv[b_]
+                        leak[b_, i_] = np.minimum(leak[b_, i_],
+                                                  np.einsum("rj,rjk->rk", wj, dist) * SAFE)
+                    rad = rad + leak
                     if which == 1:
                         mix = np.matmul(P, v)  # the float mix of λ (centre of the line part)
                         rad = rad + np.abs(mix - m) + gamma(n + 2) * np.abs(v).max(axis=1,
