@@ -88,5 +88,5 @@ def ground_truth_cmd(
                       f"{ai['precision']:.2f} R {ai['recall']:.2f}; patching: rank "
                       f"{ap['collapse_rank']}/{ap['of_blocks']}, leaders P "
                       f"{ap['precision']:.2f} R {ap['recall']:.2f}", highlight=False,
-                  soft_wrap=True)
+                      soft_wrap=True)
     console.print(f"wrote {out / 'results.json'} and {out / 'ground_truth.png'}")
