@@ -290,3 +290,66 @@ def test_equal_means_sharing_a_token_split_in_few_rounds():
     model = ef.compile(ds)
     assert model.report.passed and model.info["split_rounds"] <= 3
     assert model.n_blocks <= N + 10
+
+
+@pytest.mark.parametrize("args", [
+    ["explain", "{model}", "{data}", "-o", "/dev/null"],
+    ["explain", "{model}", "{data}", "-o", "fig.pdf"],
+    ["export", "{model}", "--to", "onnx", "-o", "{model}"],
+    ["export", "{model}", "--to", "onnx", "-o", "/proc/m.onnx"],
+])
+def test_other_writers_check_their_paths(small, args):
+    data, model = small
+    args = [a.format(model=model, data=data) for a in args]
+    before = model.read_bytes()
+    one_line_error(cli(*args), 2)
+    assert model.read_bytes() == before
+
+
+def _classifier(tmp_path):
+    rng = np.random.default_rng(2)
+    data = tmp_path / "c.json"
+    data.write_text(json.dumps({"inputs": [rng.normal(size=(3, 2)).tolist() for _ in range(4)],
+                                "labels": [5, 7, 5, 9]}))
+    out = tmp_path / "c.safetensors"
+    assert cli("compile", data, "-o", out, "-q").exit_code == 0
+    return data, out
+
+
+def _with_info(path, tmp_path, **changes):
+    from safetensors import safe_open
+    from safetensors.numpy import save_file
+
+    with safe_open(str(path), framework="numpy") as fh:
+        meta, tensors = fh.metadata(), {k: fh.get_tensor(k) for k in fh.keys()}
+    info = json.loads(meta["info"])
+    info.update(changes)
+    meta["info"] = json.dumps(info)
+    bad = tmp_path / "bad.safetensors"
+    save_file(tensors, str(bad), metadata=meta)
+    return bad
+
+
+def test_predict_names_and_hostile_codes(tmp_path):
+    data, model = _classifier(tmp_path)
+    result = cli("predict", model, data)
+    assert result.exit_code == 0 and "class 7" in result.stdout and "100.00 %" in result.stdout
+    codes = ef.Transformer.load(model).info["codes"]
+    nan = [[float("nan")] * 2] + codes[1:]
+    one_line_error(cli("predict", _with_info(model, tmp_path, codes=nan), data), 2, "NaN")
+    one_line_error(cli("predict", _with_info(model, tmp_path, codes=codes[:1]), data), 2,
+                   "'classes'")
+    huge = (np.array(codes) * 1e300).tolist()
+    result = cli("predict", _with_info(model, tmp_path, codes=huge), data)
+    assert result.exit_code == 0 and "none of the class codes" in result.stdout
+
+
+def test_softmax_exact_model_runs_its_floats(tmp_path, small):
+    data, _ = small
+    out = tmp_path / "s.safetensors"
+    assert cli("compile", data, "-o", out, "--exact", "--attention", "softmax", "-q"
+               ).exit_code == 0
+    result = cli("run", out, data, "-o", tmp_path / "o.npz")
+    assert result.exit_code in (0, 2) and "Traceback" not in result.stderr
+    if result.exit_code == 2:
+        one_line_error(result, 2, "float realisation")

@@ -7,19 +7,30 @@ from pathlib import Path
 
 import typer
 
-from ..cli import app, console, experiment_app, fail, user_errors
+from ..cli import (
+    QUIET,
+    app,
+    console,
+    experiment_app,
+    fail,
+    output_directory,
+    output_file,
+    user_errors,
+)
 
 
 @app.command("export")
 @user_errors
 def export_cmd(
     model_path: Path = typer.Argument(..., metavar="MODEL", help="Model file (.safetensors)."),
-    to: str = typer.Option(..., "--to", help="onnx or transformer-lens."),
-    out: Path = typer.Option(None, "-o", "--out",
+    to: str = typer.Option(..., "--to", metavar="onnx|transformer-lens",
+                           help="Format to write."),
+    out: Path = typer.Option(None, "-o", "--out", metavar="OUT",
                              help="File to write (default: MODEL with .onnx / .pt)."),
-    data: Path = typer.Option(None, "--data",
+    data: Path = typer.Option(None, "--data", metavar="DATA",
                               help="Dataset to check on (default: a seeded random probe)."),
-    seed: int = typer.Option(0, help="Seed of the random probe."),
+    seed: int = typer.Option(0, min=0, help="Seed of the random probe."),
+    quiet: bool = QUIET,
 ):
     """Convert MODEL, check its outputs against the numpy model (≤ 1e-12 relative, same
     hardmax argmax sets), then write it; docs/export.md."""
@@ -28,8 +39,10 @@ def export_cmd(
 
     if to not in TARGETS:
         fail(f"--to must be one of {', '.join(TARGETS)}, not {to!r}")
+    out = output_file(out or model_path.with_suffix(SUFFIX[to]), "-o", (SUFFIX[to],),
+                      inputs=[model_path, data])
     dataset = None if data is None else load_dataset(data, require_targets=False)
-    report = export(model_path, to, out or model_path.with_suffix(SUFFIX[to]), dataset, seed)
+    report = export(model_path, to, out, dataset, seed)
     console.print(report.summary(), highlight=False, soft_wrap=True)
 
 
@@ -37,10 +50,11 @@ def export_cmd(
 @user_errors
 def explain_cmd(
     model_path: Path = typer.Argument(..., metavar="MODEL", help="Model file (.safetensors)."),
-    data: Path = typer.Argument(..., help="The dataset it was compiled from."),
-    out: Path = typer.Option(None, "-o", "--out", help="Figure to write (default: "
-                             "MODEL with .mechanism.png)."),
-    sequences: int = typer.Option(10, help="Sequences to print."),
+    data: Path = typer.Argument(..., metavar="DATA", help="The dataset it was compiled from."),
+    out: Path = typer.Option(None, "-o", "--out", metavar="FIG", help="Figure to write "
+                             "(default: MODEL with .mechanism.png)."),
+    sequences: int = typer.Option(10, min=0, help="Sequences to print."),
+    quiet: bool = QUIET,
 ):
     """The mechanism of a compiled MODEL on DATA: block roles, each sequence's leaders and
     destinations, the block where each token's value becomes final (printed and plotted)."""
@@ -48,6 +62,8 @@ def explain_cmd(
     from ..mechanism import annotations, describe, plot
     from ..model import Transformer
 
+    path = output_file(out or model_path.with_suffix(".mechanism.png"), "-o", (".png",),
+                       inputs=[model_path, data])
     model = Transformer.load(model_path)
     dataset = load_dataset(data, require_targets=False)
     try:
@@ -59,7 +75,6 @@ def explain_cmd(
              f"{len(mech['leaders'])}")
     for line in describe(model, mech, sequences):
         console.print(line, highlight=False, markup=False, soft_wrap=True)
-    path = out or model_path.with_suffix(".mechanism.png")
     plot(model, mech, path)
     console.print(f"figure: {path}", style="dim")
 
@@ -67,9 +82,11 @@ def explain_cmd(
 @experiment_app.command("ground-truth")
 @user_errors
 def ground_truth_cmd(
-    out: Path = typer.Option(..., "--out", help="Directory for results.json and the figure."),
+    out: Path = typer.Option(..., "--out", metavar="DIR",
+                             help="Directory for results.json and the figure."),
     quick: bool = typer.Option(False, "--quick", help="Smaller datasets (a pipeline check)."),
-    seed: int = typer.Option(0, help="Seed of the datasets."),
+    seed: int = typer.Option(0, min=0, help="Seed of the datasets."),
+    quiet: bool = QUIET,
 ):
     """Score attention inspection and activation patching against the compiled mechanism:
     precision/recall of leader recovery, rank of the collapse block (needs the torch extra)."""
@@ -79,7 +96,7 @@ def ground_truth_cmd(
         fail("experiment ground-truth needs torch: pip install 'exactformer[torch]'")
     from ..experiments.ground_truth import run
 
-    out.mkdir(parents=True, exist_ok=True)
+    output_directory(out)
     results = run(out, quick=quick, seed=seed)
     for name, r in results.items():
         ai, ap = r["attention_inspection"], r["activation_patching"]
