@@ -90,6 +90,7 @@ def sentiment(
 def meanfield(
     out: Annotated[Path, typer.Option("--out", help="Directory for PNGs, results, README.md.")],
     quick: Annotated[bool, typer.Option("--quick", help="Small n, few β (< 1 min).")] = False,
+    quiet: bool = QUIET,
 ) -> None:
     """Softmax self-attention flow at low temperature against its hardmax limit (W2, POT).
 

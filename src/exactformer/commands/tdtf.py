@@ -35,7 +35,7 @@ def _say(text: str) -> None:
 @tdtf_app.command("fit")
 @user_errors
 def fit_cmd(
-    data: Path = typer.Argument(..., help="Series: .npz with array x (T, d), or .csv (one row "
+    data: Path = typer.Argument(..., metavar="SERIES", help="Series: .npz with array x (T, d), or .csv (one row "
                                           "per time step, optional header)."),
     out: Path = typer.Option(..., "-o", "--out", help="Model file to write (.safetensors)."),
     window: int = typer.Option(8, "--window", "-K", help="States per delay window K."),
@@ -47,7 +47,7 @@ def fit_cmd(
                                        help="Last fraction of the series used for early "
                                             "stopping."),
     lr: float = typer.Option(3e-3, "--lr", help="Adam learning rate."),
-    seed: int = typer.Option(0, help="Seed of initialisation and shuffles."),
+    seed: int = typer.Option(0, min=0, help="Seed of initialisation and shuffles."),
     quiet: bool = QUIET,
 ):
     """Train a TD-TF on DATA; print its validation one-step error next to TD-DMD's."""
@@ -89,7 +89,7 @@ def fit_cmd(
 @user_errors
 def forecast_cmd(
     model_path: Path = typer.Argument(..., metavar="MODEL", help="A model from `tdtf fit`."),
-    data: Path = typer.Argument(..., help="History (.npz x or .csv); its last K rows start "
+    data: Path = typer.Argument(..., metavar="SERIES", help="History (.npz x or .csv); its last K rows start "
                                           "the rollout."),
     steps: int = typer.Option(..., "--steps", "-n", help="Number of states to forecast."),
     out: Path = typer.Option(..., "-o", "--out", help="Forecast (.npz with x, or .csv)."),
