@@ -35,8 +35,9 @@ def _say(text: str) -> None:
 @tdtf_app.command("fit")
 @user_errors
 def fit_cmd(
-    data: Path = typer.Argument(..., metavar="SERIES", help="Series: .npz with array x (T, d), or .csv (one row "
-                                          "per time step, optional header)."),
+    data: Path = typer.Argument(..., metavar="SERIES",
+                                help="Series: .npz with array x (T, d), or .csv (one row "
+                                     "per time step, optional header)."),
     out: Path = typer.Option(..., "-o", "--out", help="Model file to write (.safetensors)."),
     window: int = typer.Option(8, "--window", "-K", help="States per delay window K."),
     epochs: int = typer.Option(200, help="Largest number of epochs (early stopping)."),
@@ -89,8 +90,9 @@ def fit_cmd(
 @user_errors
 def forecast_cmd(
     model_path: Path = typer.Argument(..., metavar="MODEL", help="A model from `tdtf fit`."),
-    data: Path = typer.Argument(..., metavar="SERIES", help="History (.npz x or .csv); its last K rows start "
-                                          "the rollout."),
+    data: Path = typer.Argument(..., metavar="SERIES",
+                                help="History (.npz x or .csv); its last K rows start "
+                                     "the rollout."),
     steps: int = typer.Option(..., "--steps", "-n", help="Number of states to forecast."),
     out: Path = typer.Option(..., "-o", "--out", help="Forecast (.npz with x, or .csv)."),
     quiet: bool = QUIET,
