@@ -90,8 +90,8 @@ def test_concentration_plateau_departure_and_arrival_d2(quick):
     for (beta, seed), (t, w) in curves.items():
         k = int(np.argmin(w))
         mins[beta, seed] = w[k]
-        # fast concentration: the minimum is well below the distance at t = 0
-        assert w[k] <= 0.5 * w[0]
+        # concentration: the distance falls below its t = 0 value, by 2x once beta >= 100
+        assert w[k] <= (0.5 if beta >= 100 else 0.9) * w[0]
         within = np.flatnonzero(w <= 2 * w[k])
         if beta >= 1000:  # metastable: within 2x of the minimum for >= 2 log(beta)
             run = within[within >= within[0]]

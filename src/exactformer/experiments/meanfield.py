@@ -17,7 +17,7 @@ import json
 import math
 import os
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
@@ -60,7 +60,6 @@ class Settings:
     big_subsample: int = 2000
     big_subsamples: int = 3
     chunk: int = 256
-    extra: dict = field(default_factory=dict)
 
 
 def quick_settings() -> Settings:
