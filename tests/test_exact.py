@@ -133,3 +133,26 @@ def test_short_dyadics(lo, width):
     a = nm.split_point(lo, hi, 1, 3, True)
     b = nm.split_point(lo, hi, 2, 3, True)
     assert lo < a < b < hi
+
+
+@pytest.mark.parametrize("directions", [1, 3])
+def test_wide_layers_summed_by_direction_equal_the_formula(directions):
+    # thresholds with ties and tokens exactly on a threshold: the prefix sums must count
+    # exactly the units with threshold < t, as relu does
+    rng = np.random.default_rng(directions)
+    d, width = 3, 40
+    cols = rng.integers(-4, 5, size=(directions, d))
+    U = np.array([[Fraction(int(v)) for v in cols[k % directions]] for k in range(width)],
+                 dtype=object)
+    theta = [Fraction(int(rng.integers(-6, 6)), 4) for _ in range(width)]
+    b = np.array([-t for t in theta], dtype=object)
+    W = _fractions(rng.standard_normal((d, width)))
+    X = _fractions(rng.integers(-3, 4, size=(50, d)) / 2)
+    from exactformer.model import FeedForward
+    from exactformer.rational import units_by_direction
+
+    ff = FeedForward(U, b, W, Fraction(1))
+    got = ff(QMatrix.of(X)).to_fractions()
+    want = X + np.where(X.dot(U.T) + b > 0, X.dot(U.T) + b, 0).dot(W.T)
+    assert units_by_direction(QMatrix.of(X), U, b, W) is not None  # the path is taken
+    assert (got == want).all()

@@ -135,6 +135,19 @@ class Rational(Float):
     def floats(self) -> np.ndarray:
         return self.X.floats()
 
+    def ff_rows(self, ff, rows: np.ndarray) -> np.ndarray:
+        """The layer's formula on ``rows`` (wide snaps summed by direction,
+        :func:`exactformer.rational.units_by_direction`); returns the rows whose value
+        changed (reduced rows: equal values have equal integers)."""
+        X = self.X
+        x = X[rows]
+        new = ff(x)
+        on = np.any(new.num != x.num, axis=1) | (new.den != x.den)
+        r = rows[on]
+        if len(r):
+            X[r] = new[on]
+        return r
+
     def ff_wide(self, ff, sc, xmax: float) -> None:
         _apply_wide_ff_exact(self.X, ff, xmax, sc)
 

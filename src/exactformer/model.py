@@ -23,6 +23,9 @@ FORMAT = "exactformer/1"
 ATTENTIONS = ("hardmax", "softmax")
 
 
+WIDE = 16  # exact mode: a layer this wide reading ≤ 4 directions is summed by direction
+
+
 @dataclass
 class FeedForward:
     """``x ↦ η·x + W·relu(U·x + b)`` per token (U: w×d, b: w, W: d×w)."""
@@ -40,6 +43,12 @@ class FeedForward:
         return X @ self.U.T + self.b
 
     def __call__(self, X: np.ndarray, chunk_entries: int = 1 << 22) -> np.ndarray:
+        if isinstance(X, QMatrix) and self.width >= WIDE:  # exact: same sum, by direction
+            from .rational import units_by_direction
+
+            units = units_by_direction(X, self.U, self.b, self.W)
+            if units is not None:
+                return self.eta * X + units
         rows = max(1, chunk_entries // max(1, self.width))
         if len(X) <= rows:
             return self.eta * X + nm.relu(self.pre_activations(X)) @ self.W.T
