@@ -428,14 +428,20 @@ class Interval(Float):
         self._mix = (mbar, radm, lam, lam_rad)
         buckets = iter(length_buckets(segments))
         softmax = attention == "softmax"
+        cur = {"idx": None, "row": 0}  # a long sequence's bucket comes in query chunks
 
         def observe(scores, mask, values, P):
-            idx = next(buckets)
+            if cur["idx"] is None or cur["row"] == cur["idx"].shape[1]:
+                cur["idx"], cur["row"] = next(buckets), 0
+            idx = cur["idx"]
+            B, n = idx.shape
+            rows = slice(cur["row"], cur["row"] + scores.shape[1])  # query rows of this call
+            cur["row"] = rows.stop
+            qidx = idx[:, rows]
             if stats is not None:
                 record_margins(stats, scores, mask, values, P)
-            B, n = idx.shape
             top = scores.max(axis=2)
-            r = rs[idx]
+            r = rs[qidx]
             if softmax:  # S = every token whose true score may be the top: spread covers it
                 mask = scores >= (top - 2 * r * SAFE)[..., None]
             second = np.where(mask, -np.inf, scores).max(axis=2)
@@ -493,12 +499,12 @@ class Interval(Float):
                                                                                     keepdims=True)
                         m = mix
                 if which == 0:
-                    mb_out[idx] = m
-                    rm_out[idx] = rad * SAFE
+                    mb_out[qidx] = m
+                    rm_out[qidx] = rad * SAFE
                 else:
-                    lam[idx] = m[..., 0]
-                    lam_rad[idx] = rad[..., 0] * SAFE
-                    self._lam_abs[idx] = np.abs(v[..., 0]).max(axis=1, keepdims=True)
+                    lam[qidx] = m[..., 0]
+                    lam_rad[qidx] = rad[..., 0] * SAFE
+                    self._lam_abs[qidx] = np.abs(v[..., 0]).max(axis=1, keepdims=True)
 
         return observe
 
