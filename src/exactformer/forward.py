@@ -52,6 +52,15 @@ def query_chunks(idx: np.ndarray, max_entries: int = 2_000_000):
         yield slice(r, min(n, r + rows))
 
 
+def attention_chunks(segments: np.ndarray):
+    """``(keys, rows)`` in the order SelfAttention evaluates (and reports to ``observe``):
+    ``keys`` a bucket (B, n) of :func:`length_buckets`, ``rows`` a slice of its query
+    positions from :func:`query_chunks`; the queries are ``keys[:, rows]``."""
+    for keys in length_buckets(segments):
+        for rows in query_chunks(keys):
+            yield keys, rows
+
+
 def record_margins(stats, scores, mask, values, P) -> None:
     """Smallest relative score margin between a token's argmax set and the distinct tokens.
 

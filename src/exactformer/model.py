@@ -151,7 +151,7 @@ class SelfAttention:
                     np.diff(segments))
             return out + nm.repeat_rows(nm.segment_means(self.values(X), segments),
                                         np.diff(segments))
-        from .forward import length_buckets, query_chunks
+        from .forward import attention_chunks
 
         QX, KX = X @ self.Q.T, X @ self.K.T
         if isinstance(X, QMatrix):  # exact hardmax: integer scores, the same formula
@@ -160,16 +160,16 @@ class SelfAttention:
             return out + _exact_hardmax(self, X, QX, KX, segments, observe)
         VX = self.values(X)
         mixed = nm.zeros(X.shape, exact)
-        for idx in length_buckets(segments):
-            k, v = KX[idx], VX[idx]  # (B, n, ·)
-            for rows in query_chunks(idx):  # long sequences: a few query rows at a time
-                scores = QX[idx[:, rows]] @ np.swapaxes(k, 1, 2)  # (B, rows, n)
-                if exact and attention != "hardmax":
-                    raise ValueError("softmax attention has no exact rational forward pass")
-                P, mask = attention_weights(scores, attention, temperature)
-                mixed[idx[:, rows]] = P @ v
-                if observe is not None:
-                    observe(scores, mask, v, P if attention == "softmax" else None)
+        for keys, rows in attention_chunks(segments):  # long sequences: a few rows at a time
+            queries = keys[:, rows]
+            v = VX[keys]  # (B, n, ·)
+            scores = QX[queries] @ np.swapaxes(KX[keys], 1, 2)  # (B, rows, n)
+            if exact and attention != "hardmax":
+                raise ValueError("softmax attention has no exact rational forward pass")
+            P, mask = attention_weights(scores, attention, temperature)
+            mixed[queries] = P @ v
+            if observe is not None:
+                observe(scores, mask, v, P if attention == "softmax" else None)
         return out + mixed
 
 
