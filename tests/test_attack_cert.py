@@ -41,3 +41,56 @@ def test_long_sequence_compiles_and_certifies(tmp_path):
     ds = ef.Dataset.from_sequences(inputs, targets)
     report = ef.verify(ef.compile(ds), ds)
     assert report.passed and report.certified
+
+
+# -- exact mode: float images of rationals below 2⁻¹⁰⁷⁵ are 0 --------------------------------
+def _q(rows):
+    from fractions import Fraction
+
+    return np.array([[Fraction(v) for v in r] for r in rows], dtype=object)
+
+
+def _exact_model(blocks):
+    from exactformer.model import Transformer
+
+    model = Transformer(blocks, 2)
+    assert model.exact
+    return model
+
+
+def test_exact_hardmax_screen_covers_underflowing_keys():
+    """Keys K·x_w = (c1, 0), K·x_l = (0, c2) with c1 ≈ c2 ≈ 2⁻¹⁰⁷⁵: c1's image is 0, c2's is
+    2⁻¹⁰⁷⁴, and with |q| ~ 2⁸⁰ the float scores put x_l ahead by 4e-300 > the old bound.
+    The true argmax is x_w (M·c1 > (2M/3)·c2); exact verify said PASS, error 0, on data
+    whose targets were x_l (repro/underflow in the attack-cert worktree)."""
+    from fractions import Fraction as F
+
+    from exactformer.model import Block, SelfAttention
+
+    eta, M = F(1, 2 ** 1075), F(2 ** 80)
+    c1, c2 = eta * (1 - F(1, 1024)), eta * (1 + F(1, 1024))
+    sa = SelfAttention(_q([[M, M], [M * 2 / 3, M * 2 / 3]]), _q([[c1, 0], [0, c2]]),
+                       V=_q([[1, 0], [0, 1]]), rho=F(0))
+    model = _exact_model([Block(sa=sa)])
+    x = np.array([[1.0, 0.0], [0.0, 1.0]])
+    out = model(x)
+    assert [list(r) for r in out] == [[1, 0], [1, 0]]  # every query attends to x_w
+    wrong = ef.Dataset.from_sequences([x], [np.array([[0.0, 1.0]])])
+    assert not ef.verify(model, wrong).passed
+    assert ef.verify(model, ef.Dataset.from_sequences([x], [np.array([[1.0, 0.0]])])).passed
+
+
+def test_exact_ff_screen_covers_underflowing_weights():
+    """u = 2⁻¹⁰⁸⁰ (image 0), b = −2⁻⁹⁹⁰: at x = (2²⁰⁰, 0) the true pre-activation is
+    2⁻⁸⁸⁰ − 2⁻⁹⁹⁰ > 0 but the screen read fl(u)·x + b < 0 and skipped the row."""
+    from fractions import Fraction as F
+
+    from exactformer.model import Block, FeedForward
+
+    ff = FeedForward(_q([[F(1, 2 ** 1080), 0]]), np.array([F(-1, 2 ** 990)], dtype=object),
+                     _q([[2 ** 900], [0]]), F(1))
+    model = _exact_model([Block(ff=ff)])
+    x = np.array([[2.0 ** 200, 0.0]])
+    moved = F(2 ** 200) + F(2 ** 900) * (F(1, 2 ** 880) - F(1, 2 ** 990))
+    assert model(x)[0, 0] == moved
+    assert not ef.verify(model, ef.Dataset.from_sequences([x], [x])).passed

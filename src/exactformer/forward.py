@@ -253,11 +253,13 @@ def _apply_sparse_ffs(arith, ffs: list) -> None:
 
 
 def _slack(ffs: list, xmax: float) -> np.ndarray:
-    """Per FF, a screen slack far above rounding (and the rationals' float images)."""
+    """Per FF, a screen slack far above rounding (and the rationals' float images; a
+    rational weight below 2⁻¹⁰⁷⁵ has image 0: ``d·2⁻¹⁰⁷⁰·xmax`` covers what it adds)."""
     n1 = np.array([float(np.abs(_float_image(ff.U)).sum(axis=1).max())
                    for ff in ffs])  # |U·Δ| ≤ n1·|Δ|∞
     bmax = np.array([float(np.abs(_float_image(ff.b)).max()) for ff in ffs])
-    return SCREEN_SLACK * (n1 * xmax + bmax) + 1e-300 * (1 + n1)
+    d = ffs[0].U.shape[1] if ffs else 0
+    return SCREEN_SLACK * (n1 * xmax + bmax) + 1e-300 * (1 + n1) + d * 2.0 ** -1070 * xmax
 
 
 def _apply_ff_run(arith, ffs: list, xmax: float, sc: _Screen) -> int:

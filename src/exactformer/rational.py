@@ -419,9 +419,12 @@ def rounding_bound(xmax: float, weight_l1: float, d: int) -> float:
 
     ``xmax`` ≥ max |fl(x_k)|, ``weight_l1`` ≥ Σ |fl(u_k)|: the images are within relative
     u of the rationals and a float64 dot product of length d errs by γ_d (Higham, *Accuracy
-    and Stability*, §3.1); 2(d + 3)·u covers both with room, the absolute term underflow.
+    and Stability*, §3.1); 2(d + 3)·u covers both with room. Near underflow an image is only
+    within an absolute 2⁻¹⁰⁷⁵ (a weight below 2⁻¹⁰⁷⁵ has image 0, whatever x it multiplies):
+    the absolute terms cover that for both factors, ``d·2⁻¹⁰⁷⁰·xmax`` the weights'.
     """
-    return 2 * (d + 3) * _U * (xmax * weight_l1) * (1 + 1e-6) + 1e-300 * (1 + weight_l1)
+    return (2 * (d + 3) * _U * (xmax * weight_l1) * (1 + 1e-6) + 1e-300 * (1 + weight_l1)
+            + d * 2.0 ** -1070 * xmax)
 
 
 __all__ = ["QMatrix", "common_form", "concatenate", "hardmax_mix", "parts", "rounding_bound",
