@@ -94,3 +94,19 @@ def test_exact_ff_screen_covers_underflowing_weights():
     moved = F(2 ** 200) + F(2 ** 900) * (F(1, 2 ** 880) - F(1, 2 ** 990))
     assert model(x)[0, 0] == moved
     assert not ef.verify(model, ef.Dataset.from_sequences([x], [x])).passed
+
+
+def test_exact_error_below_float_range_is_not_zero():
+    """An exact output 2⁻¹²⁰⁰ off its target: its float distance underflows to 0.0, and the
+    exact pass rule (error == 0) read that as equal: PASS, error 0, on a wrong output."""
+    from fractions import Fraction as F
+
+    from exactformer.model import Block, SelfAttention
+
+    sa = SelfAttention(np.zeros((0, 2), dtype=object), np.zeros((0, 2), dtype=object),
+                       V=_q([[0, 0], [0, 0]]), rho=1 + F(1, 2 ** 1200))
+    model = _exact_model([Block(sa=sa)])
+    x = np.array([[1.0, 0.0], [1.0, 0.0]])
+    assert model(x)[0, 0] == 1 + F(1, 2 ** 1200)
+    report = ef.verify(model, ef.Dataset.from_sequences([x], [x[:1]]))
+    assert not report.passed and report.max_abs_error > 0

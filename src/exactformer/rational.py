@@ -386,7 +386,8 @@ def exact_errors(out, targets: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.n
     Returns the max-norm error of each of the first m rows against its own target, and for
     every later row the error to its nearest target and that target's index. Equality is
     decided on reduced integer rows; distances are computed in Fractions only for rows
-    that differ (a failing model), else they are 0.
+    that differ (a failing model), else they are 0. A row that differs never reports 0: a
+    difference below float64's range (< 2⁻¹⁰⁷⁵) reports the smallest positive float.
     """
     Q = out if isinstance(out, QMatrix) else QMatrix.of(out)
     Y = QMatrix.of(targets)
@@ -396,18 +397,23 @@ def exact_errors(out, targets: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.n
     prefix = np.zeros(m)
     for k in range(min(m, len(Q))):
         if keys[k] != ykeys[k]:
-            prefix[k] = float(np.max(np.abs(Q.row(k) - Y.row(k))))
+            prefix[k] = _nonzero(np.max(np.abs(Q.row(k) - Y.row(k))))
     index = {key: t for t, key in reversed(list(enumerate(ykeys)))}
     rest = np.zeros(max(len(Q) - m, 0))
     near = np.zeros(len(rest), dtype=np.int64)
     for k in range(m, len(Q)):
         t = index.get(keys[k])
         if t is None:
-            dist = [float(np.max(np.abs(Q.row(k) - Y.row(i)))) for i in range(m)]
+            dist = [_nonzero(np.max(np.abs(Q.row(k) - Y.row(i)))) for i in range(m)]
             t = int(np.argmin(dist)) if dist else 0
             rest[k - m] = dist[t] if dist else np.inf
         near[k - m] = t
     return prefix, rest, near
+
+
+def _nonzero(distance) -> float:
+    """A positive exact distance as a float that is not 0 (underflow would read as equal)."""
+    return max(float(distance), 5e-324)
 
 
 def is_q(a) -> bool:
