@@ -110,3 +110,20 @@ def test_exact_error_below_float_range_is_not_zero():
     assert model(x)[0, 0] == 1 + F(1, 2 ** 1200)
     report = ef.verify(model, ef.Dataset.from_sequences([x], [x[:1]]))
     assert not report.passed and report.max_abs_error > 0
+
+
+@pytest.mark.parametrize("scale", [1e150, 1e-150])
+def test_exact_softmax_at_scales_outside_2_64(scale):
+    """Data outside 2^±64 gets a trailing rescale block (width-0 FF, η = 2^e); the ball
+    certificate wanted snaps only after the line and refused every such model, so
+    `compile --attention softmax --exact` exited 1 at any scale beyond 1.8e±19."""
+    from fractions import Fraction
+
+    rng = np.random.default_rng(5)
+    inputs = [rng.normal(size=(n, 3)) * scale for n in (3, 4, 2)]
+    targets = [rng.normal(size=(m, 3)) * scale for m in (1, 2, 2)]
+    ds = ef.Dataset.from_sequences(inputs, targets)
+    model = ef.compile(ds, attention="softmax", exact=True)
+    assert model.blocks[-1].kind == "rescale" and model.report.passed
+    model.blocks[-1].ff.eta *= 1 + Fraction(1, 2 ** 70)  # the rescale is part of the proof
+    assert not ef.verify(model, ds).passed

@@ -48,10 +48,13 @@ def _to_arb(a: np.ndarray) -> np.ndarray:
 def _line_layer(model: Transformer):
     """(block, 'ff'|'sa') of the layer that puts every token on a line, or None.
 
-    Every layer after it must be a feed-forward layer with η = 1 (the snaps).
+    Every layer after it must be a feed-forward layer with η = 1 (the snaps) or of width 0
+    (``x ↦ η·x``: the rescale block of data outside 2^±64, docs/limits.md).
     """
     for l in range(model.n_blocks - 1, -1, -1):
         b = model.blocks[l]
+        if b.sa is None and b.ff is not None and b.ff.width == 0:
+            continue
         if b.sa is not None:
             s = b.sa
             if s.rho == 0 and s.Vo is not None and s.Vo.shape[1] == 1:
@@ -161,6 +164,9 @@ def _snaps(model, first_block, lam, direction, segments, targets, require_positi
         a = np.array(direction, dtype=object)
         for l in range(first_block, model.n_blocks):
             ff = model.blocks[l].ff
+            if ff is not None and model.blocks[l].sa is None and ff.width == 0:
+                c, a = ff.eta * c, ff.eta * a  # x ↦ η·x exactly (a rescale block)
+                continue
             if ff is None or model.blocks[l].sa is not None or ff.eta != 1:
                 return Certificate(False, f"block {l} is not a snap layer")
             p0 = ff.U @ c + ff.b
