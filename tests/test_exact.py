@@ -156,3 +156,15 @@ def test_wide_layers_summed_by_direction_equal_the_formula(directions):
     want = X + np.where(X.dot(U.T) + b > 0, X.dot(U.T) + b, 0).dot(W.T)
     assert units_by_direction(QMatrix.of(X), U, b, W) is not None  # the path is taken
     assert (got == want).all()
+
+
+def test_wide_layer_of_many_directions_equals_the_dense_fraction_pass():
+    # > 128 distinct directions: the compact move layer is evaluated per (row, direction)
+    # pair from the screen, in the compiler and in the evaluator
+    rng = np.random.default_rng(7)
+    ds = random_dataset(rng, N=135, n=(2, 3), d=3, m=(1, 1))
+    model = ef.compile(ds, compact=True, exact=True)
+    assert model.report.max_abs_error == 0
+    assert max(len({tuple(r) for r in b.ff.U.tolist()}) for b in model.blocks if b.ff) > 128
+    ref = _dense(model, [nm.to_exact(x) for x in ds.inputs])
+    assert (np.concatenate(model.run(ds.inputs)) == ref).all()

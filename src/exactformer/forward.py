@@ -351,13 +351,25 @@ def _positive(a) -> np.ndarray:
 
 
 def _apply_wide_ff_exact(X: QMatrix, ff, xmax: float, sc: _Screen) -> None:
-    """Exact mode's wide FF: its formula, exactly, on the rows the screen cannot rule out."""
+    """Exact mode's wide FF (compact point moves): its formula, exactly, per (row, direction)
+    pair that the screen cannot rule out (:class:`exactformer.rational.DirectionTable`)."""
+    from .rational import DirectionTable
+
     sc.pair_thr = sc.pair_thr - _slack([ff], xmax)[0]
     sc.prepare()
-    found = [r for r, _, _ in chunks_above(X.floats(), sc.cols, sc.col_thr)]
-    rows = np.unique(np.concatenate(found)) if found else np.zeros(0, dtype=np.int64)
-    if len(rows):
-        X[rows] = ff(X[rows])
+    table = DirectionTable(ff.U, ff.b, ff.W)
+    link = np.unique(np.stack([sc.col_of_unit, table.col_of_unit], axis=1), axis=0)
+    exact_of = _Members(link[:, 0], len(sc.cols))  # float column → its exact directions
+    rows, cols = [], []
+    for r, c, _ in chunks_above(X.floats(), sc.cols, sc.col_thr):
+        at, k = exact_of.expand(c)
+        rows.append(r[at])
+        cols.append(link[k, 1])
+    if rows:
+        pairs = np.unique(np.stack([np.concatenate(rows), np.concatenate(cols)], axis=1), axis=0)
+        if len(pairs):
+            rr, sums = table.pair_sums(X, pairs[:, 0], pairs[:, 1])
+            X[rr] = X[rr] + sums
 
 
 def run(model, sequences, stats: list | None = None, trace: list | None = None,

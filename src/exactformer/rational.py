@@ -29,6 +29,16 @@ _fraction = np.frompyfunc(Fraction, 2, 1)
 _to_fraction = np.frompyfunc(Fraction, 1, 1)
 
 
+def _float_or_inf(n: int, d: int) -> float:
+    try:
+        return n / d
+    except OverflowError:
+        return float("inf") if n > 0 else float("-inf")
+
+
+_float_of = np.frompyfunc(_float_or_inf, 2, 1)
+
+
 def _float_parts(a: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Exact ``(numerator, denominator)`` object arrays of a float64 array (dyadic rationals)."""
     a = np.asarray(a, dtype=np.float64)
@@ -132,7 +142,11 @@ class QMatrix:
             if self.num.size == 0:
                 self._floats = np.zeros(self.shape)
             else:
-                self._floats = (self.num / self.den[:, None]).astype(np.float64)
+                try:
+                    self._floats = (self.num / self.den[:, None]).astype(np.float64)
+                except OverflowError:  # beyond float64: ±inf (screens then go dense)
+                    self._floats = _float_of(self.num, np.broadcast_to(
+                        self.den[:, None], self.shape)).astype(np.float64)
         return self._floats
 
     def to_fractions(self) -> np.ndarray:
@@ -306,7 +320,10 @@ def hardmax_mix(QX: QMatrix, KX: QMatrix, X: QMatrix, values, idx: np.ndarray):
     kmax = np.abs(k).sum(axis=2).max(axis=1)  # (B,) largest |k|₁ of each sequence
     err = rounding_bound(np.abs(q).max(axis=2), kmax[:, None], h)  # (B, n)
     top = scores.max(axis=2)
-    cand = scores >= (top - 2 * err)[:, :, None]
+    with np.errstate(invalid="ignore"):
+        cand = scores >= (top - 2 * err)[:, :, None]
+    bad = ~np.isfinite(top - 2 * err)  # images overflowed: every key is a candidate
+    cand[bad] = True
     b, i, j = np.nonzero(cand)  # lexicographic: grouped by (b, i)
     rows = b * n + i
     first = np.flatnonzero(np.r_[True, rows[1:] != rows[:-1]])
@@ -340,43 +357,71 @@ def hardmax_mix(QX: QMatrix, KX: QMatrix, X: QMatrix, values, idx: np.ndarray):
     return QMatrix(sums, L * counts.astype(object)).normalized(), mask
 
 
-def units_by_direction(X: QMatrix, U, b, W, max_directions: int = 4) -> QMatrix | None:
-    """``W·relu(U·x + b)`` for every row of X, exactly, for units that read few directions.
+class DirectionTable:
+    """The units ``W·relu(U·x + b)`` of one FF grouped by their U row (direction), exactly.
 
-    Units reading one direction u (snaps: all of them) are on where ``t = ⟨u, x⟩`` exceeds
-    their threshold ``θ_k = −b_k``: sorted by θ, the units on at t are a prefix, so their sum
-    is ``t·S1[p] − S2[p]`` with the prefix sums ``S1 = Σ W_k`` and ``S2 = Σ θ_k·W_k`` and p the
-    number of thresholds below t. That is the layer's formula summed in another order (the
-    same rational), at O(d) per row instead of O(width·d). None when U has more than
-    ``max_directions`` distinct rows (then the plain formula is as fast).
+    Units reading one direction u are on where ``t = ⟨u, x⟩`` exceeds their threshold
+    ``θ_k = −b_k``: sorted by θ, the units on at t are a prefix, so their sum is
+    ``t·S1[p] − S2[p]`` with the prefix sums ``S1 = Σ W_k``, ``S2 = Σ θ_k·W_k`` and p the number
+    of thresholds below t. That is the layer's formula summed in another order (the same
+    rational) at O(d) per (row, direction) pair instead of O(units·d).
     """
-    Un, DU = common_form(U)
-    keys: dict = {}
-    col = np.array([keys.setdefault(tuple(r), len(keys)) for r in Un.tolist()], dtype=np.int64)
-    if len(keys) > max_directions:
+
+    def __init__(self, U, b, W):
+        Un, self.DU = common_form(U)
+        keys: dict = {}
+        self.col_of_unit = np.array([keys.setdefault(tuple(r), len(keys))
+                                     for r in Un.tolist()], dtype=np.int64)
+        self.cols = np.array([list(k) for k in keys], dtype=object).reshape(len(keys), -1)
+        theta = -_to_fraction(np.asarray(b, dtype=object)) if len(b) else np.zeros(0, object)
+        Wf = np.asarray(W, dtype=object)
+        self.thresholds, S1, S2, self.offset = [], [], [], [0]
+        zero = np.zeros((1, Wf.shape[0]), dtype=object) + Fraction(0)
+        for c in range(len(keys)):
+            units = np.flatnonzero(self.col_of_unit == c)
+            units = np.array(sorted(units, key=lambda k: theta[k]), dtype=np.int64)
+            th = theta[units]
+            Wc = Wf[:, units].T  # (k, d)
+            S1.append(np.concatenate([zero, np.cumsum(Wc, axis=0)]))
+            S2.append(np.concatenate([zero, np.cumsum(Wc * th[:, None], axis=0)]))
+            self.thresholds.append(list(th))
+            self.offset.append(self.offset[-1] + len(units) + 1)
+        self.S1 = QMatrix.of(np.concatenate(S1)) if S1 else None
+        self.S2 = QMatrix.of(np.concatenate(S2)) if S2 else None
+
+    @property
+    def n_directions(self) -> int:
+        return len(self.cols)
+
+    def pair_sums(self, X: QMatrix, rows: np.ndarray, cols: np.ndarray):
+        """``(rows, Σ over the pairs of each row)`` for (row, direction) pairs: every unit
+        on a direction not listed for a row must be off there (the caller's proof)."""
+        from bisect import bisect_left
+
+        order = np.lexsort((cols, rows))
+        rows, cols = rows[order], cols[order]
+        tn = (X.num[rows] * self.cols[cols]).sum(axis=1)
+        t = _fraction(tn, X.den[rows] * self.DU)
+        idx = np.array([self.offset[c] + bisect_left(self.thresholds[c], v)
+                        for c, v in zip(cols.tolist(), t)], dtype=np.int64)
+        part = self.S1[idx] * np.asarray(t, dtype=object)[:, None] - self.S2[idx]
+        first = np.flatnonzero(np.r_[True, rows[1:] != rows[:-1]])
+        counts = np.diff(np.r_[first, len(rows)])
+        L = np.lcm.reduceat(part.den, first)
+        num = part.num * (np.repeat(L, counts) // part.den)[:, None]
+        return rows[first], QMatrix(np.add.reduceat(num, first, axis=0), L).normalized()
+
+
+def units_by_direction(X: QMatrix, U, b, W, max_directions: int = 4) -> QMatrix | None:
+    """``W·relu(U·x + b)`` for every row of X (:class:`DirectionTable`), or None when U has
+    more than ``max_directions`` distinct rows (then the plain formula is as fast)."""
+    table = DirectionTable(U, b, W)
+    if table.n_directions > max_directions or len(X) == 0:
         return None
-    cols = np.array([list(k) for k in keys], dtype=object).T  # d × C integers (over DU)
-    T = X @ (np.vectorize(lambda v: Fraction(v, DU), otypes=[object])(cols))  # R × C exact
-    theta = -_to_fraction(np.asarray(b, dtype=object))
-    Wf = np.asarray(W, dtype=object)
-    out = None
-    for c in range(len(keys)):
-        units = np.flatnonzero(col == c)
-        units = units[np.argsort(np.array([float(v) for v in theta[units]]), kind="stable")]
-        th = list(theta[units])
-        if any(a > b_ for a, b_ in zip(th[:-1], th[1:])):  # float ties: sort exactly
-            units = np.array(sorted(units, key=lambda k: theta[k]))
-            th = list(theta[units])
-        Wc = Wf[:, units].T  # (k, d)
-        zero = np.zeros((1, Wc.shape[1]), dtype=object) + Fraction(0)
-        S1 = QMatrix.of(np.concatenate([zero, np.cumsum(Wc, axis=0)]))
-        S2 = QMatrix.of(np.concatenate([zero, np.cumsum(Wc * np.array(th, dtype=object)[:, None],
-                                                        axis=0)]))
-        t = T[:, c].to_fractions()[:, 0]
-        p = np.searchsorted(np.array(th, dtype=object), t, side="left")  # thresholds < t
-        part = S1[p] * t[:, None] - S2[p]
-        out = part if out is None else out + part
-    return out
+    C = table.n_directions
+    rows = np.repeat(np.arange(len(X)), C)
+    _, sums = table.pair_sums(X, rows, np.tile(np.arange(C), len(X)))
+    return sums
 
 
 def exact_errors(out, targets: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

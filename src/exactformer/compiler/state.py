@@ -83,9 +83,24 @@ class ModelBuilder:
         self.blocks.append(Block(ff=ff, kind=kind))
         X = self.state.X
         if self.state.exact:  # the layer's formula, exactly, on the rows it can change
-            rows = _exact_candidates(ff, bundles, X, where)
+            if len(bundles) == 1:
+                rows = _exact_candidates(bundles, X, where)[0]
+                if len(rows):
+                    X[rows] = ff(X[rows])
+            else:  # compact: per (row, direction) pair of each bundle's candidate rows
+                from ..rational import DirectionTable
+
+                table = DirectionTable(ff.U, ff.b, ff.W)
+                first = np.cumsum([0] + [u.width for u in bundles])
+                pairs = [np.stack(np.broadcast_arrays(r[:, None], np.unique(
+                    table.col_of_unit[first[i]:first[i + 1]])[None, :]), axis=2).reshape(-1, 2)
+                    for i, r in enumerate(_exact_candidates(bundles, X, where))]
+                pairs = np.unique(np.concatenate(pairs), axis=0)
+                rows = np.zeros(0, dtype=np.int64)
+                if len(pairs):
+                    rows, sums = table.pair_sums(X, pairs[:, 0], pairs[:, 1])
+                    X[rows] = X[rows] + sums
             if len(rows):
-                X[rows] = ff(X[rows])
                 self._bits(rows)
             return rows
         single = len(bundles) == 1  # strict mode: update the rows directly
@@ -129,8 +144,9 @@ class ModelBuilder:
         self._bits()
 
 
-def _exact_candidates(ff: FeedForward, bundles: list[Units], X, where) -> np.ndarray:
-    """Rows where some unit of the layer may be on (exact mode), all others provably off.
+def _exact_candidates(bundles: list[Units], X, where) -> list[np.ndarray]:
+    """Per bundle, the rows where one of its units may be on (exact mode), all others
+    provably off.
 
     A bundle's known rows (a trapezoid's or a snap's, found by an exact argument) are taken
     as they are; otherwise the float image screens: a unit is off where its float64
@@ -143,7 +159,7 @@ def _exact_candidates(ff: FeedForward, bundles: list[Units], X, where) -> np.nda
     for i, u in enumerate(bundles):
         known = where[i] if where is not None else None
         if known is not None and known.rows is not None:
-            found.append(np.asarray(known.rows, dtype=np.int64))
+            found.append(np.unique(np.asarray(known.rows, dtype=np.int64)))
             continue
         Xf = X.floats()
         Uf, bf = nm.to_float(u.U), nm.to_float(u.b)
@@ -151,7 +167,7 @@ def _exact_candidates(ff: FeedForward, bundles: list[Units], X, where) -> np.nda
         slack = rounding_bound(xmax, float(np.abs(Uf).sum(axis=1).max()), X.shape[1] + 1)
         slack += 4 * rounding_bound(float(np.abs(bf).max()), 1.0, 1)
         found.append(np.flatnonzero((Xf @ Uf.T + bf > -slack).any(axis=1)))
-    return np.unique(np.concatenate(found)) if found else np.zeros(0, dtype=np.int64)
+    return found
 
 
 def _bundle_steps(u: Units, X: np.ndarray, rows: np.ndarray, t, chunk_entries: int = 1 << 22):
