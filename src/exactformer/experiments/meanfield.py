@@ -31,6 +31,7 @@ from ..meanfield import (
     simulate,
     wasserstein2,
 )
+from .clustering import _pyplot, _save  # the same Agg figures as experiment clustering
 
 PAPER = ("Alcalde, Bungert, Riedl et al., *Quantifying Concentration Phenomena of Mean-Field "
          "Transformers in the Low-Temperature Regime*")
@@ -228,21 +229,6 @@ def big_run(s: Settings) -> dict:
 
 
 # ----------------------------------------------------------------------- figures
-
-
-def _pyplot():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
-def _save(fig, path: Path) -> None:
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    _pyplot().close(fig)
 
 
 def _by(runs, d, beta):
