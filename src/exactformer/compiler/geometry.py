@@ -246,8 +246,10 @@ def choose_trapezoid(X: np.ndarray, mine: np.ndarray, rng: np.random.Generator,
         return best
     from ..errors import CompileError
 
-    raise CompileError("could not isolate a point along any of "
-                       f"{tries} directions (points too close?)")
+    raise CompileError(f"could not isolate a point along any of {tries} directions: two points "
+                       "are closer than float64 layers can separate (e.g. copies of one value "
+                       "in sequences whose means differ by ~1e-8 × scale); this is a limit of "
+                       "float64, not of the data: compile with --exact (docs/limits.md)")
 
 
 class CandidateScreen:
@@ -503,5 +505,6 @@ def broadcast_and_classify(builder, rng: np.random.Generator,
             return
     from ..errors import CompileError
 
-    raise CompileError(f"no generic broadcast separated the sequences in {tries} draws "
-                       "(distinct tokens closer than 1e-7 × scale?)")
+    raise CompileError(f"no generic broadcast separated the sequences in {tries} draws: "
+                       "distinct tokens of different sequences end closer than float64 can "
+                       "keep apart (1e-7 × scale); compile with --exact (docs/limits.md)")
