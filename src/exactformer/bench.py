@@ -478,10 +478,9 @@ def markdown(result: dict) -> str:
 
 def plot(result: dict, path: Path) -> None:
     """Log-log compile time vs tokens per growth series, with the fitted exponents."""
-    import matplotlib
+    from .figures import pyplot
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     fig, ax = plt.subplots(figsize=(10, 4.8))
     series = sorted({r["series"] for r in result["rows"] if r["series"].endswith(("-N", "-n"))})

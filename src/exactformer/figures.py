@@ -11,13 +11,21 @@ from .dataset import Dataset, write_atomic
 from .model import Transformer
 
 
-def _pyplot():
+def pyplot():
+    """matplotlib's pyplot on the Agg backend (files only, no display): every figure's entry."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     return plt
+
+
+def save(fig, path, dpi: int = 110) -> None:
+    """Lay out, write ``path`` atomically (PNG by its name) and close the figure."""
+    fig.tight_layout()
+    write_atomic(path, lambda tmp: fig.savefig(tmp, dpi=dpi, format=Path(path).suffix[1:] or "png"))
+    pyplot().close(fig)
 
 
 def _symlog_axes(ax) -> None:
@@ -60,7 +68,7 @@ def plot_trajectories(model: Transformer, dataset: Dataset, out_dir) -> list[Pat
     Panels: the input, after separation (broadcast and splits), after the collapse, and
     the output lying on the targets. Only the first two coordinates are drawn.
     """
-    plt = _pyplot()
+    plt = pyplot()
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     states = trajectory_states(model, dataset)
@@ -126,7 +134,7 @@ def plot_collapse_contrast(hardmax: Transformer, softmax: Transformer, dataset: 
     Both models come from the same seed, so every layer before the collapse is identical and
     the hardmax collapse output is each token's destination.
     """
-    plt = _pyplot()
+    plt = pyplot()
     states = {}
     for name, model in (("hardmax", hardmax), ("softmax", softmax)):
         st = trajectory_states(model, dataset)

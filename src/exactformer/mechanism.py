@@ -125,10 +125,9 @@ def describe(model, mech: dict, max_sequences: int = 10) -> list[str]:
 def plot(model, mech: dict, path, max_sequences: int = 8) -> None:
     """One row per token of the first sequences: its final block (dot), leaders in red,
     the collapse block as a vertical line, block roles as coloured bands."""
-    import matplotlib
+    from .figures import pyplot
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     from .dataset import write_atomic
 

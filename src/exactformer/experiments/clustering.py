@@ -22,23 +22,9 @@ from ..dynamics import (
     random_spd,
     simulate,
 )
+from ..figures import pyplot, save
 
 ALPHA = 1.0
-
-
-def _pyplot():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
-def _save(fig, path: Path) -> None:
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    _pyplot().close(fig)
 
 
 def _tokens(seed: int, n: int, d: int, condition: float = 4.0):
@@ -47,7 +33,7 @@ def _tokens(seed: int, n: int, d: int, condition: float = 4.0):
 
 
 def _paths(ax, traj, labels, cmap="tab10"):
-    cm = _pyplot().get_cmap(cmap)
+    cm = pyplot().get_cmap(cmap)
     for i in range(traj.states.shape[1]):
         p = traj.states[:, i]
         ax.plot(p[:, 0], p[:, 1], "-", color=cm(labels[i] % 10), lw=0.8, alpha=0.8)
@@ -69,7 +55,7 @@ def _layers(k: int) -> str:
 
 def fig_argmax_geometry(out: Path, raw: dict | None = None) -> dict:
     """Argmax set of a token = the tokens furthest along ``A x_i`` (a supporting line)."""
-    plt = _pyplot()
+    plt = pyplot()
     Z, A = _tokens(7, 14, 2)
     lead = leaders(Z, A)
     mask = argmax_sets(Z, A)
@@ -108,7 +94,7 @@ def fig_argmax_geometry(out: Path, raw: dict | None = None) -> dict:
         ax.legend(loc="lower left", fontsize=8)
         info.append({"query": i, "argmax": best.tolist(),
                      "top_projection": int(np.argmax(proj)), "is_leader": bool(i in lead)})
-    _save(fig, out / "argmax_geometry.png")
+    save(fig, out / "argmax_geometry.png")
     _keep(raw, Z=Z, A=A, queries=np.array(queries))
     return {"queries": info}
 
@@ -116,7 +102,7 @@ def fig_argmax_geometry(out: Path, raw: dict | None = None) -> dict:
 def fig_rank_one(out: Path, raw: dict | None = None) -> dict:
     """Rank-one ``A = a aᵀ``: tokens only see ``⟨a, z⟩`` and run straight to the extreme
     token on their side; the limit lies on the line through the two extremes."""
-    plt = _pyplot()
+    plt = pyplot()
     rng = np.random.default_rng(11)
     a = np.array([1.0, 0.4])
     A = np.outer(a, a)
@@ -135,7 +121,7 @@ def fig_rank_one(out: Path, raw: dict | None = None) -> dict:
     ax.set_aspect("equal")
     ax.legend(loc="lower right")
     ax.set_title("rank-one A = a aᵀ: straight paths to the extreme tokens")
-    _save(fig, out / "rank_one.png")
+    save(fig, out / "rank_one.png")
     _keep(raw, Z=Z, A=A, a=a, states=traj.states)
     return {
         "converged": traj.converged,
@@ -148,7 +134,7 @@ def fig_rank_one(out: Path, raw: dict | None = None) -> dict:
 
 def fig_clustering(out: Path, raw: dict | None = None) -> dict:
     """Full clustering: snapshots of the layers, every token ends at an initial leader."""
-    plt = _pyplot()
+    plt = pyplot()
     Z, A = _tokens(3, 30, 2)
     traj = simulate(Z, A, alpha=ALPHA)
     lc = limit_configuration(traj)
@@ -162,7 +148,7 @@ def fig_clustering(out: Path, raw: dict | None = None) -> dict:
         ax.set_xlabel("z₁")
         ax.set_ylabel("z₂")
         ax.set_aspect("equal")
-    _save(fig, out / "clustering.png")
+    save(fig, out / "clustering.png")
     _keep(raw, Z=Z, A=A, states=traj.states)
     return {
         "n_tokens": len(Z),
@@ -178,7 +164,7 @@ def fig_clustering(out: Path, raw: dict | None = None) -> dict:
 
 def fig_trajectories_2d(out: Path, raw: dict | None = None) -> dict:
     """Paths of 60 tokens in the plane, coloured by the leader they reach."""
-    plt = _pyplot()
+    plt = pyplot()
     Z, A = _tokens(21, 60, 2, condition=6.0)
     traj = simulate(Z, A, alpha=0.5)
     lc = limit_configuration(traj)
@@ -188,7 +174,7 @@ def fig_trajectories_2d(out: Path, raw: dict | None = None) -> dict:
     ax.set_aspect("equal")
     ax.legend(loc="lower right")
     ax.set_title(f"hardmax trajectories, α = 0.5 ({_layers(traj.steps)})")
-    _save(fig, out / "trajectories_2d.png")
+    save(fig, out / "trajectories_2d.png")
     _keep(raw, Z=Z, A=A, states=traj.states)
     return {"steps": traj.steps, "n_clusters": lc.n_clusters, "n_leaders": len(lc.leaders),
             "kinds": {k: int((lc.kind == k).sum()) for k in ("leader", "emerged", "tie")}}
@@ -196,7 +182,7 @@ def fig_trajectories_2d(out: Path, raw: dict | None = None) -> dict:
 
 def fig_sphere(out: Path, raw: dict | None = None) -> dict:
     """Normalised variant: tokens rescaled to unit norm after every layer."""
-    plt = _pyplot()
+    plt = pyplot()
     Z, A = _tokens(5, 40, 3, condition=8.0)
     traj = simulate(Z, A, alpha=ALPHA, sphere=True, max_steps=2000)
     lc = limit_configuration(traj)
@@ -213,7 +199,7 @@ def fig_sphere(out: Path, raw: dict | None = None) -> dict:
     ax.scatter(*lc.points.T, marker="*", s=200, c="k")
     ax.set_box_aspect((1, 1, 1))
     ax.set_title(f"on the sphere: {lc.n_clusters} clusters after {_layers(traj.steps)}")
-    _save(fig, out / "sphere.png")
+    save(fig, out / "sphere.png")
     _keep(raw, Z=Z, A=A, states=traj.states, tol=traj.tol)
     return {
         "converged": traj.converged,
@@ -230,7 +216,7 @@ def fig_sphere(out: Path, raw: dict | None = None) -> dict:
 
 def fig_no_concentration(out: Path, raw: dict | None = None) -> dict:
     """An exactly symmetric configuration: the centre ties with every token and stays."""
-    plt = _pyplot()
+    plt = pyplot()
     Z = np.array([[1, 0], [0, 1], [-1, 0], [0, -1], [0, 0], [0.25, 0.125], [-0.25, -0.125],
                   [0.5, -0.375], [-0.5, 0.375]])
     A = np.diag([1.0, 2.0])
@@ -245,7 +231,7 @@ def fig_no_concentration(out: Path, raw: dict | None = None) -> dict:
     ax.set_aspect("equal")
     ax.legend(loc="lower left", fontsize=8)
     ax.set_title("a configuration that does not concentrate")
-    _save(fig, out / "no_concentration.png")
+    save(fig, out / "no_concentration.png")
     _keep(raw, Z=Z, A=A, states=traj.states)
     return {"concentrated": lc.concentrated, "tie_points": lc.points[tie].tolist(),
             "n_clusters": lc.n_clusters}
@@ -253,7 +239,7 @@ def fig_no_concentration(out: Path, raw: dict | None = None) -> dict:
 
 def fig_softmax(out: Path, quick: bool, raw: dict | None = None) -> dict:
     """Hardmax against softmax at several temperatures, same input and depth."""
-    plt = _pyplot()
+    plt = pyplot()
     Z, A = _tokens(3, 30, 2)
     depth = 40
     scale = float(np.abs(Z @ A @ Z.T).max())
@@ -280,7 +266,7 @@ def fig_softmax(out: Path, quick: bool, raw: dict | None = None) -> dict:
             clusters[name] = limit_configuration(traj, atol=1e-3).n_clusters
     fig.suptitle(f"after {_layers(depth)}; s = largest |score| = {scale:.2f}; colours: hardmax"
                  " clusters")
-    _save(fig, out / "hardmax_vs_softmax.png")
+    save(fig, out / "hardmax_vs_softmax.png")
     _keep(raw, Z=Z, A=A, finals={name: traj.final for name, traj in runs})
     return {"depth": depth, "score_scale": scale, "temperatures": taus,
             "max_distance_to_hardmax": list(errors.values()),
@@ -290,7 +276,7 @@ def fig_softmax(out: Path, quick: bool, raw: dict | None = None) -> dict:
 def fig_convergence_time(out: Path, quick: bool, progress=None,
                          raw: dict | None = None) -> dict:
     """Layers until no token moves by more than 1e-10 × scale, against the number of tokens."""
-    plt = _pyplot()
+    plt = pyplot()
     ns = [2, 4, 8, 16, 32, 64, 128] if quick else [2, 4, 8, 16, 32, 64, 128, 256, 512, 1024]
     seeds = 5 if quick else 20
     dims = [2, 8]
@@ -321,7 +307,7 @@ def fig_convergence_time(out: Path, quick: bool, progress=None,
     ax.set_ylabel("layers to convergence")
     ax.set_title(f"convergence time (α = {ALPHA:g}, tol = {tol:g})")
     ax.legend(fontsize=8)
-    _save(fig, out / "convergence_time.png")
+    save(fig, out / "convergence_time.png")
     _keep(raw, n=ns, seeds=seeds, tol=tol, steps=steps)
     return {
         "n": ns,

@@ -168,10 +168,9 @@ def run(out: Path, quick: bool = False, seed: int = 0, progress=None) -> dict:
 
 
 def _figure(results: dict, path: Path) -> None:
-    import matplotlib
+    from ..figures import pyplot
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     from ..dataset import write_atomic
 

@@ -609,10 +609,9 @@ def _save_figure(fig, path: Path) -> None:
 
 
 def _plots(out: Path, vocab, E, w, top_leaders, train_counts):
-    import matplotlib
+    from ..figures import pyplot
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     # top leader words per class
     fig, axes = plt.subplots(1, 2, figsize=(10, 5))

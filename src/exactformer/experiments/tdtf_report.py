@@ -14,12 +14,9 @@ TITLES = {"near_linear": "near-linear oscillations", "lorenz": "Lorenz '63",
 
 
 def _plt():
-    import matplotlib
+    from ..figures import pyplot
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
+    return pyplot()
 
 
 def _time_axis(data, n):

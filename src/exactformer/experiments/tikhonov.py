@@ -137,10 +137,9 @@ def run(out, quick: bool = False, seed: int = 0, epochs: int | None = None,
 
 
 def _figures(out: Path, runs, eps_values, slope, intercept, theta_sq, zero_loss) -> None:
-    import matplotlib
+    from ..figures import pyplot
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     cmap = plt.get_cmap("viridis")
     colors = {e: cmap(i / max(1, len(eps_values) - 1)) for i, e in enumerate(eps_values)}
