@@ -140,23 +140,24 @@ def dyadic_in(lo, hi) -> Fraction:
         k += 1
 
 
-def dyadic_above(x, bits: int = 8) -> Fraction:
-    """A dyadic rational ≥ x (> 0) with at most ``bits`` significant bits, within 2^(1-bits)·x."""
+def _dyadic_step(x, bits: int, name: str) -> tuple[Fraction, Fraction]:
+    """``(x, 2^e)`` with 2^e the last of ``bits`` significant bits of x > 0."""
     x = Fraction(x)
     if x <= 0:
-        raise ValueError("dyadic_above needs x > 0")
+        raise ValueError(f"{name} needs x > 0")
     e = x.numerator.bit_length() - x.denominator.bit_length() - bits
-    step = Fraction(1 << e) if e >= 0 else Fraction(1, 1 << -e)
+    return x, (Fraction(1 << e) if e >= 0 else Fraction(1, 1 << -e))
+
+
+def dyadic_above(x, bits: int = 8) -> Fraction:
+    """A dyadic rational ≥ x (> 0) with at most ``bits`` significant bits, within 2^(1-bits)·x."""
+    x, step = _dyadic_step(x, bits, "dyadic_above")
     return -((-x) // step) * step
 
 
 def dyadic_below(x, bits: int = 8) -> Fraction:
     """A dyadic rational in ``(x/2, x]`` (x > 0) with at most ``bits`` significant bits."""
-    x = Fraction(x)
-    if x <= 0:
-        raise ValueError("dyadic_below needs x > 0")
-    e = x.numerator.bit_length() - x.denominator.bit_length() - bits
-    step = Fraction(1 << e) if e >= 0 else Fraction(1, 1 << -e)
+    x, step = _dyadic_step(x, bits, "dyadic_below")
     return (x // step) * step
 
 

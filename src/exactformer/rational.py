@@ -461,10 +461,6 @@ def _nonzero(distance) -> float:
     return max(float(distance), 5e-324)
 
 
-def is_q(a) -> bool:
-    return isinstance(a, QMatrix)
-
-
 def rounding_bound(xmax: float, weight_l1: float, d: int) -> float:
     """Bound on ``|⟨u, x⟩ − fl(⟨fl(u), fl(x)⟩)|`` for rationals u, x with float images.
 
@@ -478,5 +474,5 @@ def rounding_bound(xmax: float, weight_l1: float, d: int) -> float:
             + d * 2.0 ** -1070 * xmax)
 
 
-__all__ = ["QMatrix", "common_form", "concatenate", "hardmax_mix", "parts", "rounding_bound",
-           "segment_means"]
+__all__ = ["DirectionTable", "QMatrix", "common_form", "concatenate", "exact_errors",
+           "hardmax_mix", "parts", "rounding_bound", "segment_means", "units_by_direction"]
