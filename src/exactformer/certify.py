@@ -16,7 +16,7 @@ a one-sided snap whose units read ``⟨w, x⟩``. The certificate therefore
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from fractions import Fraction
 
 import flint
@@ -24,6 +24,7 @@ import numpy as np
 
 from . import numeric as nm
 from .model import Transformer
+from .rational import QMatrix
 
 PRECISION = 256  # bits of the arb balls
 
@@ -67,22 +68,41 @@ def _line_layer(model: Transformer):
     return None
 
 
+def _q_arb(X: QMatrix) -> np.ndarray:
+    """Balls of the rationals of a QMatrix (each entry's arb enclosure)."""
+    return _arb_of(X.num, np.broadcast_to(X.den[:, None], X.shape)).astype(object) \
+        if X.size else np.empty(X.shape, dtype=object)
+
+
+_arb_of = np.frompyfunc(lambda n, d: flint.arb(flint.fmpq(int(n), int(d))), 2, 1)
+
+
 def _softmax_arb(X, segments, sa, tau):
-    """One attention layer in ball arithmetic (softmax; uniform when rank 0)."""
-    VX = X @ _to_arb(np.asarray(sa.value_matrix())).T
-    Q, K = _to_arb(sa.Q), _to_arb(sa.K)
+    """One attention layer in ball arithmetic (softmax; uniform when rank 0). An exact
+    state (QMatrix) has its products with Q, K, V formed exactly, then enclosed in balls."""
+    if isinstance(X, QMatrix):
+        def times(M):
+            return _q_arb(X @ np.asarray(M).T)
+        rho_x = _q_arb(X * sa.rho) if sa.rho != 0 else 0
+    else:
+        def times(M):
+            return X @ _to_arb(np.asarray(M)).T
+        rho_x = _arb(sa.rho) * X
+    VX = times(sa.value_matrix())
     out = np.empty_like(VX)
+    if sa.rank:
+        q_all, k_all = times(sa.Q), times(sa.K)
     for s, e in zip(segments[:-1], segments[1:]):
         if sa.rank == 0:
             out[s:e] = VX[s:e].sum(axis=0) / (e - s)
             continue
-        q, k = X[s:e] @ Q.T, X[s:e] @ K.T
+        q, k = q_all[s:e], k_all[s:e]
         scores = q @ k.T
         shift = max(float(v.mid()) for v in scores.ravel())  # any constant shift is exact
         z = np.vectorize(lambda v, c=shift: ((v - c) / tau).exp(), otypes=[object])(scores)
         P = z / z.sum(axis=1, keepdims=True)
         out[s:e] = P @ VX[s:e]
-    return _arb(sa.rho) * X + out
+    return rho_x + out
 
 
 def certify(model: Transformer, inputs: list, targets: list) -> Certificate:
@@ -99,33 +119,54 @@ def certify(model: Transformer, inputs: list, targets: list) -> Certificate:
     try:
         lengths = [len(x) for x in inputs]
         segments = np.concatenate([[0], np.cumsum(lengths)])
-        X = np.concatenate([nm.to_exact(x) for x in inputs])
+        first, X = _exact_prefix(exact, inputs, line_block, line_kind)
         balls = False  # after the first softmax layer the state is arb balls
-        for l, blk in enumerate(exact.blocks[: line_block + 1]):
+        for l in range(first, line_block + 1):
+            blk = exact.blocks[l]
             last = l == line_block
-            if blk.ff is not None:
+            if blk.ff is not None and l > first or (last and line_kind == "ff"):
                 if last and line_kind == "ff":
                     if balls:
-                        pre = X @ _to_arb(blk.ff.U.T) + _to_arb(blk.ff.b)
+                        pre = (X @ _to_arb(blk.ff.U.T) + _to_arb(blk.ff.b))[:, 0]
                     else:
-                        pre = X @ blk.ff.U.T + blk.ff.b
-                    return _snaps(exact, line_block + 1, pre[:, 0], blk.ff.W[:, 0],
+                        pre = (X @ blk.ff.U[:1].T + blk.ff.b[:1]).to_fractions()[:, 0]
+                    return _snaps(exact, line_block + 1, pre, blk.ff.W[:, 0],
                                   segments, targets, True, not model.exact)
                 X = _relu_ff(blk.ff, X, balls)
             if blk.sa is not None:
                 if blk.sa.rank > 0 or balls:
-                    Xa = X if balls else _to_arb(X)
                     if last:  # folded collapse: x = λ·Vo[:, 0] with λ = Σ P (Vi x)
                         sa = blk.sa
-                        lam = _softmax_arb(Xa, segments, _rank1(sa), _arb(tau))[:, 0]
+                        lam = _softmax_arb(X, segments, _rank1(sa), _arb(tau))[:, 0]
                         return _snaps(exact, line_block + 1, lam, sa.Vo[:, 0], segments,
                                       targets, False, not model.exact)
-                    X, balls = _softmax_arb(Xa, segments, blk.sa, _arb(tau)), True
+                    X, balls = _softmax_arb(X, segments, blk.sa, _arb(tau)), True
                 else:
                     X = blk.sa(X, segments)
         return Certificate(False, "internal: the line layer was not reached")
     finally:
         flint.ctx.prec = old
+
+
+def _exact_prefix(model: Transformer, inputs: list, line_block: int, line_kind: str):
+    """``(l, X)``: the blocks before the first softmax layer (and block l's feed-forward
+    layer unless it is the line layer) run by the exact evaluator of
+    :func:`exactformer.forward.run` (integer rows, screened: docs/exact.md); X is the
+    QMatrix of every token's exact state."""
+    from .arithmetic import Rational
+    from .forward import run
+    from .model import Block
+    from .rational import concatenate
+
+    first = next((l for l, b in enumerate(model.blocks[:line_block])
+                  if b.sa is not None and b.sa.rank > 0), line_block)
+    blocks = list(model.blocks[:first])
+    ff = model.blocks[first].ff
+    if ff is not None and not (first == line_block and line_kind == "ff"):
+        blocks.append(Block(ff))
+    prefix = replace(model, blocks=blocks, info={})
+    rows = run(prefix, inputs, arithmetic=Rational(), exact_rows=True)
+    return first, concatenate(rows) if rows else QMatrix.zeros((0, model.d))
 
 
 def _rank1(sa):
@@ -145,56 +186,138 @@ def _relu_ff(ff, X, balls):
     return _arb(ff.eta) * X + relu(pre) @ _to_arb(ff.W.T)
 
 
+def _dyadic(x) -> Fraction:
+    m, e = x.man_exp()
+    m, e = int(m), int(e)
+    return Fraction(m << e) if e >= 0 else Fraction(m, 1 << -e)
+
+
+def _endpoints(v):
+    """Exact ``(lo, hi)`` of a ball (or of an exact Fraction); ±inf when it is not finite."""
+    if isinstance(v, Fraction):
+        return v, v
+    if not v.is_finite():
+        return -np.inf, np.inf
+    mid, rad = _dyadic(v.mid()), _dyadic(v.rad())
+    return mid - rad, mid + rad
+
+
+def _below(x) -> float:
+    """A float64 ≤ the exact number x (x rounded to nearest, then one step down)."""
+    try:
+        return float(np.nextafter(float(x), -np.inf))
+    except OverflowError:
+        return -np.inf if x < 0 else float(np.finfo(np.float64).max)
+
+
+def _above(x) -> float:
+    try:
+        return float(np.nextafter(float(x), np.inf))
+    except OverflowError:
+        return np.inf if x > 0 else -float(np.finfo(np.float64).max)
+
+
+class _Line:
+    """Every token's certified λ as an exact interval ``[lo, hi]`` with outward float64
+    images, so that most comparisons with a threshold are decided in floats (a float test
+    implies the exact one) and only tokens near it are compared exactly."""
+
+    def __init__(self, lam):
+        ends = [_endpoints(v) for v in lam]
+        self.lo = np.array([e[0] for e in ends], dtype=object)
+        self.hi = np.array([e[1] for e in ends], dtype=object)
+        self.lo_f = np.array([_below(v) for v in self.lo], dtype=np.float64)
+        self.hi_f = np.array([_above(v) for v in self.hi], dtype=np.float64)
+
+    def side(self, idx: np.ndarray, p0: Fraction, p1: Fraction):
+        """``(on, off)`` masks over tokens ``idx``: ``p0 + p1·λ`` is > 0, resp. ≤ 0, on all
+        of the token's interval (neither: it straddles the threshold −p0/p1)."""
+        if p1 == 0:
+            on = np.full(len(idx), p0 > 0)
+            return on, ~on
+        theta = -p0 / p1
+        lo_f, hi_f = self.lo_f[idx], self.hi_f[idx]
+        if p1 > 0:  # > 0 iff λ > θ
+            on, off = lo_f > _above(theta), hi_f <= _below(theta)
+        else:  # > 0 iff λ < θ
+            on, off = hi_f < _below(theta), lo_f >= _above(theta)
+        for i in np.flatnonzero(~on & ~off):  # near the threshold: exact comparison
+            lo, hi = self.lo[idx[i]], self.hi[idx[i]]
+            on[i], off[i] = (lo > theta, hi <= theta) if p1 > 0 else (hi < theta, lo >= theta)
+        return on, off
+
+
 def _snaps(model, first_block, lam, direction, segments, targets, require_positive=False,
            from_float=False):
-    """Carry ``x = λ·direction`` through the snap layers symbolically (see module doc)."""
-    outputs = []
+    """Carry ``x = λ·direction`` through the snap layers symbolically (see module doc).
+
+    Tokens with the same symbolic state ``(c, a)`` (all of them at the line) form a group:
+    a layer's pre-activations ``p0 + p1·λ`` are formed once per group, in Fractions, and
+    each unit's threshold is compared with the λ intervals of all the group's tokens at once.
+    """
     T = len(lam)
     d = len(direction)
     seq_of = np.repeat(np.arange(len(segments) - 1), np.diff(segments))
-    for t in range(T):
+
+    def where(t):
         j = int(seq_of[t])
-        where = f"sequence {j}, token {t - int(segments[j])}"
-        lam_t = lam[t]
-        if require_positive:
-            if not lam_t > 0:
-                return Certificate(False, f"{where}: the projection's ReLU input is not "
-                                          "certainly positive")
-        c = np.array([Fraction(0)] * d, dtype=object)
-        a = np.array(direction, dtype=object)
-        for l in range(first_block, model.n_blocks):
-            ff = model.blocks[l].ff
-            if ff is not None and model.blocks[l].sa is None and ff.width == 0:
-                c, a = ff.eta * c, ff.eta * a  # x ↦ η·x exactly (a rescale block)
-                continue
-            if ff is None or model.blocks[l].sa is not None or ff.eta != 1:
-                return Certificate(False, f"block {l} is not a snap layer")
+        return f"sequence {j}, token {t - int(segments[j])}"
+
+    line = _Line(lam)
+    if require_positive:
+        bad = [t for t in np.flatnonzero(~(line.lo_f > 0)) if not line.lo[t] > 0]
+        if len(bad):
+            return Certificate(False, f"{where(bad[0])}: the projection's ReLU input is not "
+                                      "certainly positive")
+    zero = np.array([Fraction(0)] * d, dtype=object)
+    groups = [(zero, np.array(direction, dtype=object), np.arange(T))]
+    for l in range(first_block, model.n_blocks):
+        ff = model.blocks[l].ff
+        if ff is not None and model.blocks[l].sa is None and ff.width == 0:
+            groups = [(ff.eta * c, ff.eta * a, idx) for c, a, idx in groups]  # x ↦ η·x
+            continue
+        if ff is None or model.blocks[l].sa is not None or ff.eta != 1:
+            return Certificate(False, f"block {l} is not a snap layer")
+        new: dict = {}
+        failed = None
+        for c, a, idx in groups:
             p0 = ff.U @ c + ff.b
             p1 = ff.U @ a
-            dc = np.array([Fraction(0)] * d, dtype=object)
-            da = np.array([Fraction(0)] * d, dtype=object)
+            on = np.zeros((len(idx), ff.width), dtype=bool)
             for u in range(ff.width):
-                pre = _arb(p0[u]) + _arb(p1[u]) * lam_t
-                if p1[u] == 0:
-                    on = p0[u] > 0
-                elif pre > 0:
-                    on = True
-                elif pre <= 0:
-                    on = False
+                on_u, off = line.side(idx, p0[u], p1[u])
+                on[:, u] = on_u
+                undecided = np.flatnonzero(~on_u & ~off)
+                if len(undecided) and (failed is None or idx[undecided[0]] < failed[0]):
+                    failed = (int(idx[undecided[0]]), u)
+            if failed is not None:
+                continue
+            patterns, inverse = np.unique(on, axis=0, return_inverse=True)
+            for k, pattern in enumerate(patterns):
+                units = np.flatnonzero(pattern)
+                c2 = c + ff.W[:, units] @ p0[units] if len(units) else c
+                a2 = a + ff.W[:, units] @ p1[units] if len(units) else a
+                key = (tuple(c2), tuple(a2))
+                members = idx[inverse.ravel() == k]
+                if key in new:
+                    new[key] = (c2, a2, np.concatenate([new[key][2], members]))
                 else:
-                    return Certificate(False, f"{where}: in block {l} the interval of unit {u}"
-                                              " straddles its threshold")
-                if on:
-                    dc = dc + ff.W[:, u] * p0[u]
-                    da = da + ff.W[:, u] * p1[u]
-            c, a = c + dc, a + da
-        if any(v != 0 for v in a):
-            why = ("float weights cannot be certified exact" if from_float else
-                   "no snap covers its certified position on the line: the collapse left it "
-                   "too far from its destination")
-            return Certificate(False, f"{where}: the output still depends on the collapse ({why})")
-        outputs.append(c)
-    out = np.stack(outputs)
+                    new[key] = (c2, a2, members)
+        if failed is not None:
+            t, u = failed
+            return Certificate(False, f"{where(t)}: in block {l} the interval of unit {u}"
+                                      " straddles its threshold")
+        groups = list(new.values())
+    stuck = [int(idx.min()) for c, a, idx in groups if any(v != 0 for v in a)]
+    if stuck:
+        why = ("float weights cannot be certified exact" if from_float else
+               "no snap covers its certified position on the line: the collapse left it "
+               "too far from its destination")
+        return Certificate(False, f"{where(min(stuck))}: the output still depends on the "
+                                  f"collapse ({why})")
+    out = np.empty((T, d), dtype=object)
+    for c, _, idx in groups:
+        out[idx] = c
     per_seq = np.split(out, segments[1:-1])
     for j, (o, y) in enumerate(zip(per_seq, targets)):
         yy = nm.to_exact(y)
