@@ -100,6 +100,18 @@ def _attention(sa, X, mode, tau, balls):
 
 
 def contained(true_rows, mid, rad) -> bool:
+    """Every true value within mid ± rad; the bounds as balls at the reference's 300 bits
+    (at the default 53 bits they are rounded balls, and a true value one ulp inside a tight
+    enclosure would compare as undecided)."""
+    old = flint.ctx.prec
+    flint.ctx.prec = 300
+    try:
+        return _contained(true_rows, mid, rad)
+    finally:
+        flint.ctx.prec = old
+
+
+def _contained(true_rows, mid, rad) -> bool:
     for tr, m, r in zip(true_rows, mid, rad):
         for v, mm, rr in zip(tr, m, r):
             if isinstance(v, Fraction):

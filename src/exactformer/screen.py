@@ -52,10 +52,21 @@ def chunks_above(X: np.ndarray, cols: np.ndarray, thr: np.ndarray, rows=None):
     idx = np.arange(len(X)) if rows is None else np.asarray(rows)
     if len(idx) == 0 or len(cols) == 0:
         return
-    from threadpoolctl import threadpool_limits  # here: keeps CLI start-up short
-
-    with threadpool_limits(1, user_api="blas"):
+    with _one_blas_thread():
         yield from _chunks_above(X, cols, thr, idx, rows is not None)
+
+
+_blas = {}
+
+
+def _one_blas_thread():
+    """A context with BLAS on one thread. The controller is made once: building one scans
+    the process's loaded libraries (/proc/self/maps), which cost more than a small screen."""
+    if "controller" not in _blas:
+        from threadpoolctl import ThreadpoolController  # here: keeps CLI start-up short
+
+        _blas["controller"] = ThreadpoolController()
+    return _blas["controller"].limit(limits=1, user_api="blas")
 
 
 def _chunks_above(X, cols, thr, idx, subset: bool):
