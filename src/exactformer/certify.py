@@ -5,11 +5,13 @@ the collapse every token lies *exactly* on the line spanned by one vector (the p
 layer, or the collapse's rank-one value map, writes ``x = λ·a``), and every later layer is
 a one-sided snap whose units read ``⟨w, x⟩``. The certificate therefore
 
-1. runs the layers before the line in exact rationals, and the softmax layer in ``arb``
-   ball arithmetic (python-flint), which gives a certified interval for each token's λ;
+1. runs the layers before the first softmax layer in the exact evaluator
+   (:func:`exactformer.forward.run`, integer rows), and the softmax layer in ``arb`` ball
+   arithmetic (python-flint), which gives a certified interval for each token's λ;
 2. carries every token on through the snaps *symbolically*, as ``c + λ·a`` with exact
    rational c, a: a unit whose input interval lies strictly on one side of 0 is exactly
-   on (adds an exact affine term) or exactly off;
+   on (adds an exact affine term) or exactly off. Tokens with equal ``(c, a)`` are carried
+   as one group (docs/exact.md §6);
 3. accepts when, at the end, ``a = 0`` (the output no longer depends on λ) and ``c`` equals
    the target — a proof that the output is exactly the target for every λ in the interval.
 """
