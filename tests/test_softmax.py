@@ -88,3 +88,26 @@ def test_softmax_cli(tmp_path):
     proc = run_cli("demo", "--attention", "softmax", "--out", tmp_path / "demo")
     assert proc.returncode == 0, proc.stderr
     assert (tmp_path / "demo" / "collapse_contrast.png").stat().st_size > 0
+
+
+def test_snap_threshold_within_float_precision_of_a_token_is_decided_exactly():
+    """certify._Line: float64 images decide most tokens; a token whose λ interval is closer to
+    a threshold than floats resolve is compared in exact rationals (on, off, or neither)."""
+    from fractions import Fraction
+
+    import flint
+
+    from exactformer.certify import _Line
+
+    third, tiny = Fraction(1, 3), Fraction(1, 2**80)
+    line = _Line([third, third + 3 * tiny, flint.arb(5), flint.arb(2) / 3])
+    idx = np.arange(4)
+    on, off = line.side(idx, -(third + tiny), Fraction(1))  # λ > 1/3 + 2^-80 ?
+    assert on.tolist() == [False, True, True, True] and off.tolist() == [True, False, False, False]
+    on, off = line.side(idx, third + tiny, Fraction(-1))  # λ < 1/3 + 2^-80 ?
+    assert on.tolist() == [True, False, False, False] and off.tolist() == [False, True, True, True]
+    on, off = line.side(idx, -third, Fraction(1))  # λ > 1/3: the exact 1/3 is off, not on
+    assert on.tolist() == [False, True, True, True] and off.tolist()[0]
+    ball = _Line([flint.arb(third.numerator) / third.denominator])  # a ball around 1/3
+    on, off = ball.side(np.arange(1), -third, Fraction(1))
+    assert not on[0] and not off[0]  # it straddles 1/3: neither
