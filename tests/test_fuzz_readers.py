@@ -26,7 +26,7 @@ from test_format import independent_forward
 runner = CliRunner()
 FAST = settings(max_examples=int(os.environ.get("FUZZ_EXAMPLES", 12)), deadline=None,
                 suppress_health_check=list(HealthCheck), derandomize=True)
-SLOW = settings(max_examples=400, deadline=None, suppress_health_check=list(HealthCheck))
+SLOW = settings(max_examples=200, deadline=None, suppress_health_check=list(HealthCheck))
 
 
 def _leaves(tree, depth=0):
