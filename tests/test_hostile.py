@@ -377,11 +377,11 @@ def test_long_sequence_attention_in_row_chunks(tmp_path, attention):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("attention, n", [("hardmax", 100_000), ("softmax", 20_000)])
+@pytest.mark.parametrize("attention, n", [("hardmax", 30_000), ("softmax", 10_000)])
 def test_one_long_sequence_within_4gb(tmp_path, attention, n):
-    """One sequence of 10⁵ tokens (hardmax; softmax at 2·10⁴: its certified pass is
-    several times slower and CI has 90 minutes) compiles and verifies under a 4 GB
-    address-space limit (the 10⁵ scores alone would be 80 GB); minutes of CPU (quadratic)."""
+    """One long sequence compiles and verifies under a 4 GB address-space limit (its dense
+    scores would need 7 GB): attention runs in query chunks. The 10⁵-token runs (docs/limits.md)
+    take 6 (hardmax) to 25 (softmax) CPU minutes: more than CI's budget holds beside the rest."""
     import subprocess
     import sys
 
