@@ -64,8 +64,9 @@ experiment_app = typer.Typer(cls=_OneLineErrors, help="Experiments around the co
                              no_args_is_help=True, rich_markup_mode=None)
 app.add_typer(experiment_app, name="experiment")
 
-console = Console()
-err_console = Console(stderr=True)
+# markup off: file names, class names and metadata are input ("[/x]" is a rich closing tag)
+console = Console(markup=False)
+err_console = Console(stderr=True, markup=False)
 
 
 def _version(value: bool) -> None:
@@ -83,6 +84,11 @@ def _version(value: bool) -> None:
 
 
 QUIET = typer.Option(False, "--quiet", "-q", help="Print nothing but errors.")
+
+
+def printable(text) -> str:
+    """``text`` with terminal control characters replaced by "?" (names from files are input)."""
+    return "".join(c if c.isprintable() else "?" for c in str(text))
 
 
 def fail(message: str, code: int = 2) -> None:

@@ -92,6 +92,8 @@ def load(path) -> Transformer:
 
     if not path.exists():
         raise ModelFileError(f"{path}: no such file")
+    if not path.is_file():  # a FIFO would block the reader forever
+        raise ModelFileError(f"{path}: not a regular file")
     try:
         with safe_open(str(path), framework="numpy") as fh:
             meta = fh.metadata() or {}
@@ -113,6 +115,9 @@ def load(path) -> Transformer:
         raise ModelFileError(f"{path}: bad or missing metadata ({exc})") from None
     if d < 1 or n_blocks < 0:
         raise ModelFileError(f"{path}: metadata d = {d}, n_blocks = {n_blocks} are not valid")
+    if attention == "softmax" and "temperature" not in meta:
+        raise ModelFileError(f"{path}: a softmax model needs its temperature (metadata "
+                             "'temperature', docs/design.md §2)")
     if attention == "softmax" and not (np.isfinite(temperature) and temperature > 0):
         raise ModelFileError(f"{path}: softmax temperature must be positive, got {temperature}")
     if n_blocks > 1_000_000_000:
@@ -124,7 +129,7 @@ def load(path) -> Transformer:
         info = json.loads(meta.get("info", "{}"))
         rational = json.loads(meta.get("rational", "{}"))
         mechanism = json.loads(meta["mechanism"]) if "mechanism" in meta else None
-    except json.JSONDecodeError as exc:
+    except ValueError as exc:  # JSONDecodeError, or an integer literal beyond 4300 digits
         raise ModelFileError(f"{path}: corrupt metadata ({exc})") from None
     except RecursionError:
         raise ModelFileError(f"{path}: corrupt metadata (JSON nested too deeply)") from None
@@ -197,7 +202,8 @@ def load(path) -> Transformer:
                     raise ModelFileError(f"{path}: block {l} has neither sa.V nor sa.Vo/sa.Vi")
                 sa = SelfAttention(Q, K, Vo=get(p + "sa.Vo", (d, r)), Vi=get(p + "sa.Vi", (r, d)),
                                    rho=rho)
-        blocks.append(Block(ff, sa, str(kinds[l])))
+        kind = "".join(c if c.isprintable() else "?" for c in str(kinds[l]))  # a label
+        blocks.append(Block(ff, sa, kind))
     extra = sorted(set(tensors) - known)
     if extra:
         raise ModelFileError(f"{path}: unexpected tensor {extra[0]} (not part of {FORMAT})")

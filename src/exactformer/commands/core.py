@@ -8,8 +8,18 @@ from pathlib import Path
 import numpy as np
 import typer
 from rich.table import Table
+from rich.text import Text
 
-from ..cli import QUIET, app, console, fail, output_directory, output_file, user_errors
+from ..cli import (
+    QUIET,
+    app,
+    console,
+    fail,
+    output_directory,
+    output_file,
+    printable,
+    user_errors,
+)
 from ..dataset import Dataset, load_dataset, save_dataset
 
 DATA = typer.Argument(..., metavar="DATA", help="Dataset (.npz or .json, docs/design.md §2).")
@@ -68,8 +78,8 @@ def _summary(model, dataset: Dataset, report, seconds: float, title: str) -> Tab
     kind = {"exact rational": "exact rational arithmetic", "ball arithmetic":
             "certified in ball arithmetic", "interval": "float64, certified in interval "
             "arithmetic"}.get(report.method, "float64")
-    t.add_row("verification", f"[{'green' if report.passed else 'red'}]"
-              f"{'PASS' if report.passed else 'FAIL'}[/] ({kind})")
+    t.add_row("verification", Text.assemble(("PASS", "green") if report.passed else
+                                            ("FAIL", "red"), f" ({kind})"))
     if report.method == "interval":
         t.add_row("certified δ", f"{report.max_delta:.3g} abs, "
                   f"{report.max_delta / dataset.scale:.3g} rel (every output to its target)")
@@ -181,7 +191,7 @@ def _runs(kinds: list[str]) -> list[tuple[int, int, str]]:
 def _recorded_claim(info: dict) -> str:
     """What the compiler proved, as recorded in the file (info shows it, verify re-proves it)."""
     method = info.get("verified_by")
-    if not method:
+    if not method or not isinstance(method, str):
         return ""
     text = {"interval": "certified in interval arithmetic", "exact rational":
             "exact rational arithmetic", "ball arithmetic": "ball arithmetic"}.get(method, method)
@@ -195,7 +205,7 @@ def _shown(value, limit: int = 120) -> str:
     import json
 
     text = value if isinstance(value, str) else json.dumps(value, default=str)
-    text = "".join(c if c.isprintable() else "?" for c in text)
+    text = printable(text)
     return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
@@ -203,8 +213,6 @@ def _shown(value, limit: int = 120) -> str:
 @user_errors
 def info_cmd(model_path: Path = MODEL, quiet: bool = QUIET):
     """Metadata, size and the role of every block of MODEL (-q: only check that it loads)."""
-    from rich.text import Text
-
     model = _load_model(model_path)
     t = Table(title=str(model_path), show_header=False, title_justify="left")
     t.add_column(style="bold")
@@ -297,9 +305,10 @@ def demo_cmd(
     model = exactformer.compile(dataset, attention=attention, exact=True)
     report = model.report  # compile verified it (exact: error 0, or the ball certificate)
     seconds = time.perf_counter() - t0
-    console.print("[bold]exactformer demo[/]: 3 sequences in R², target lengths 1, 1, 2 — a "
-                  "split (sequences 0 and 2 share their mean), a satellite (sequence 2's second "
-                  "read-out) and a shared target (1, 0).")
+    console.print(Text.assemble(("exactformer demo", "bold"), ": 3 sequences in R², target "
+                                "lengths 1, 1, 2 — a split (sequences 0 and 2 share their mean), "
+                                "a satellite (sequence 2's second read-out) and a shared target "
+                                "(1, 0)."))
     console.print(_summary(model, dataset, report, seconds, "compiled the demo dataset"))
     save_dataset(dataset, out / "demo.json")
     model.save(out / "demo.safetensors")
@@ -358,7 +367,7 @@ def predict_cmd(
     classes = names[index]
     if out is None:
         for j, c in enumerate(classes.tolist()):
-            console.print(f"sequence {j}: class {c}", highlight=False)
+            console.print(f"sequence {j}: class {printable(c)}", highlight=False)
     else:
         from ..dataset import write_atomic
 

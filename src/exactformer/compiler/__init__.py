@@ -134,13 +134,33 @@ def scale_exponent(dataset: Dataset) -> int:
     underflows; a dataset is a dataset at any scale. Division by a power of two is exact.
     """
     e = int(np.round(np.log2(dataset.scale)))
+    # 2^e and 2^-e are both model weights (η of the first and last block): keep them finite
+    # (data at the largest floats, 1.8e308, or at subnormal ones, ~1e-310)
+    e = min(max(e, -1023), 1023)
     return e if abs(e) > SCALE_EXPONENT else 0
 
 
 def rescaled_data(dataset: Dataset, e: int) -> Dataset:
-    """The dataset divided by 2^e (exact: a power of two), labels and codes kept."""
-    return Dataset([np.ldexp(x, -e) for x in dataset.inputs],
-                   [np.ldexp(y, -e) for y in dataset.targets],
+    """The dataset divided by 2^e (exact: a power of two), labels and codes kept.
+
+    Exact unless the data spans more than float64's range: then the smallest values underflow
+    at scale 1, and when that makes distinct inputs or targets equal, the dataset is refused
+    (a limit of float64, docs/limits.md) rather than compiled into another dataset.
+    """
+    inputs = [np.ldexp(x, -e) for x in dataset.inputs]
+    targets = [np.ldexp(y, -e) for y in dataset.targets]
+    for what, before, after in (("inputs", dataset.inputs, inputs),
+                                ("targets", dataset.targets, targets)):
+        old, new = np.concatenate(before), np.concatenate(after)
+        if not np.array_equal(np.ldexp(new, e), old) and (
+                len(np.unique(new, axis=0)) < len(np.unique(old, axis=0))):
+            tiny = np.abs(old[old != 0]).min()
+            raise DatasetError(
+                f"the data spans more than float64's range: compiled at scale 1 (divided by "
+                f"2^{e}, its largest absolute value {dataset.scale:.3g}), distinct {what} "
+                f"(down to {tiny:.3g}) underflow to equal values; give inputs and targets "
+                "scales within ~1e300 of each other (docs/limits.md)")
+    return Dataset(inputs, targets,
                    labels=dataset.labels, codes=dataset.codes, classes=dataset.classes)
 
 
