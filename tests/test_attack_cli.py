@@ -13,22 +13,8 @@ import threading
 
 import numpy as np
 import pytest
-from typer.testing import CliRunner
 
-from exactformer.cli import app
-
-runner = CliRunner()
-
-
-def cli(*args):
-    return runner.invoke(app, [str(a) for a in args], catch_exceptions=False)
-
-
-def one_line_error(result, code: int = 2, words: str = "") -> None:
-    lines = result.stderr.strip().splitlines()
-    assert result.exit_code == code, (result.exit_code, result.stderr, result.stdout)
-    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
-    assert words in lines[0], lines[0]
+from test_hostile import cli, one_line_error
 
 
 def _inputs(seed: int = 0):
