@@ -23,6 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from ..dynamics import random_spd
+from ..figures import pyplot, save
 from ..meanfield import (
     SelfAttentionFlow,
     distinct_points,
@@ -31,7 +32,6 @@ from ..meanfield import (
     simulate,
     wasserstein2,
 )
-from .clustering import _pyplot, _save  # the same Agg figures as experiment clustering
 
 PAPER = ("Alcalde, Bungert, Riedl et al., *Quantifying Concentration Phenomena of Mean-Field "
          "Transformers in the Low-Temperature Regime*")
@@ -236,7 +236,7 @@ def _by(runs, d, beta):
 
 
 def figure_distance(out: Path, runs, s: Settings) -> None:
-    plt = _pyplot()
+    plt = pyplot()
     fig, axes = plt.subplots(1, len(s.dims), figsize=(6 * len(s.dims), 4.5), squeeze=False)
     cm = plt.get_cmap("viridis")
     for ax, d in zip(axes[0], s.dims):
@@ -253,11 +253,11 @@ def figure_distance(out: Path, runs, s: Settings) -> None:
         ax.set_ylabel("W2(μ_t, T#μ_0)")
         ax.set_title(f"d = {d}, n = {s.n}: mean and range over {s.seeds} seeds")
         ax.legend(fontsize=8)
-    _save(fig, out / "distance_vs_time.png")
+    save(fig, out / "distance_vs_time.png")
 
 
 def figure_plateau(out: Path, runs, fits, s: Settings) -> None:
-    plt = _pyplot()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(6.5, 4.8))
     b = np.asarray(s.betas)
     for d, marker in zip(s.dims, "os^"):
@@ -277,11 +277,11 @@ def figure_plateau(out: Path, runs, fits, s: Settings) -> None:
     ax.set_ylabel("plateau minimum of W2")
     ax.legend(fontsize=8)
     ax.set_title("plateau vs inverse temperature")
-    _save(fig, out / "plateau_vs_beta.png")
+    save(fig, out / "plateau_vs_beta.png")
 
 
 def figure_terminal(out: Path, terms, control, s: Settings) -> None:
-    plt = _pyplot()
+    plt = pyplot()
     r = terms[0]
     fig, axes = plt.subplots(1, 2, figsize=(11, 5))
     X0, XT = r["_states"][0], r["_states"][-1]
@@ -314,11 +314,11 @@ def figure_terminal(out: Path, terms, control, s: Settings) -> None:
     cos = np.mean([x["abs_cos_slow"] for x in terms])
     ax.set_title(f"{len(terms)} seeds; |cos(principal axis, slow eigvec)| = {cos:.2f}",
                  fontsize=10)
-    _save(fig, out / "terminal_phase.png")
+    save(fig, out / "terminal_phase.png")
 
 
 def figure_arrival(out: Path, runs, fits, s: Settings) -> None:
-    plt = _pyplot()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(6.5, 4.8))
     lb = np.log(np.asarray(s.betas))
     for d, marker in zip(s.dims, "os^"):
@@ -332,7 +332,7 @@ def figure_arrival(out: Path, runs, fits, s: Settings) -> None:
     ax.set_ylabel("first t with W2 ≤ 2 × plateau minimum")
     ax.legend(fontsize=8)
     ax.set_title("arrival at the plateau")
-    _save(fig, out / "arrival_time.png")
+    save(fig, out / "arrival_time.png")
 
 
 # -------------------------------------------------------------------------- run
