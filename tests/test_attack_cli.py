@@ -189,3 +189,27 @@ def test_data_spanning_more_than_the_float_range(tmp_path, exact, case):
     else:
         one_line_error(result, 2, "spans more than float64's range")
     assert not (tmp_path / "m.safetensors").exists()
+
+
+@pytest.mark.parametrize("which, words", [("inputs", "sequence 2: the input sequence is empty"),
+                                          ("outputs", "sequence 2: the target sequence is empty")])
+def test_an_empty_json_sequence_is_named_empty(tmp_path, which, words):
+    """JSON `[]` read as a (0, 0) array and was reported as "tokens have dimension 0, not 3"."""
+    rng = np.random.default_rng(9)
+    payload = {"inputs": [x.tolist() for x in _inputs()],
+               "outputs": [rng.normal(size=(1, 3)).tolist() for _ in range(4)]}
+    payload[which][2] = []
+    data = tmp_path / "e.json"
+    data.write_text(json.dumps(payload))
+    one_line_error(cli("compile", data, "-o", tmp_path / "m.safetensors"), 2, words)
+
+
+def test_labels_flag_on_a_file_with_outputs_and_labels(tmp_path):
+    """The message said "the file has no 'labels' key" about a file that has one."""
+    rng = np.random.default_rng(10)
+    data = tmp_path / "both.json"
+    data.write_text(json.dumps({"inputs": [x.tolist() for x in _inputs()],
+                                "outputs": [rng.normal(size=(1, 3)).tolist() for _ in range(4)],
+                                "labels": [0, 1, 1, 2]}))
+    result = cli("compile", data, "-o", tmp_path / "m.safetensors", "--labels")
+    one_line_error(result, 2, "reads as a dataset with outputs")

@@ -82,7 +82,7 @@ def test_labels_through_the_cli(tmp_path):
     assert proc.returncode == 2 and "not a classification model" in proc.stderr
     proc = run_cli("compile", tmp_path / "plain.json", "-o", tmp_path / "x.safetensors",
                    "--labels")
-    assert proc.returncode == 2 and "no 'labels'" in proc.stderr
+    assert proc.returncode == 2 and "reads as a dataset with outputs" in proc.stderr
 
 
 def test_with_codes_needs_labels():

@@ -95,16 +95,24 @@ class Dataset:
         """The rules on inputs alone: at least one sequence, equal d, non-empty, finite."""
         if len(self.inputs) == 0:
             raise DatasetError("the dataset has no sequences")
+        self._check_not_empty()
         d = self.inputs[0].shape[1]
         for j, x in enumerate(self.inputs):
             if x.shape[1] != d:
                 raise DatasetError(
                     f"sequence {j}: input tokens have dimension {x.shape[1]}, not {d}"
                 )
-            if len(x) == 0:
-                raise DatasetError(f"sequence {j}: the input sequence is empty")
             if not np.all(np.isfinite(x)):
                 raise DatasetError(f"sequence {j}: the input contains NaN or inf")
+
+    def _check_not_empty(self, targets: bool = False) -> None:
+        """Empty sequences first: a JSON `[]` has no dimension to compare (it read as d = 0)."""
+        for j, x in enumerate(self.inputs):
+            if len(x) == 0:
+                raise DatasetError(f"sequence {j}: the input sequence is empty")
+        for j, y in enumerate(self.targets if targets else []):
+            if len(y) == 0:
+                raise DatasetError(f"sequence {j}: the target sequence is empty (m_j = 0)")
 
     def check(self) -> None:
         """Raise :class:`DatasetError` on the first broken rule (d ≥ 2, finite, 1 ≤ m ≤ n)."""
@@ -114,6 +122,7 @@ class Dataset:
             raise DatasetError(
                 f"{len(self.inputs)} input sequences but {len(self.targets)} target sequences"
             )
+        self._check_not_empty(targets=True)
         d = self.inputs[0].shape[1]
         if d < 2:
             raise DatasetError(f"tokens have dimension d = {d}; the construction needs d >= 2")
@@ -126,10 +135,6 @@ class Dataset:
                 raise DatasetError(
                     f"sequence {j}: target tokens have dimension {y.shape[1]}, not {d}"
                 )
-            if len(x) == 0:
-                raise DatasetError(f"sequence {j}: the input sequence is empty")
-            if len(y) == 0:
-                raise DatasetError(f"sequence {j}: the target sequence is empty (m_j = 0)")
             if len(y) > len(x):
                 raise DatasetError(
                     f"sequence {j}: target length m = {len(y)} exceeds input length n = {len(x)}"

@@ -119,7 +119,8 @@ def compile_cmd(
     output_file(out, "-o", MODEL_SUFFIXES, inputs=[data])
     dataset = load_dataset(data)
     if labels and dataset.labels is None:
-        fail(f"{data}: --labels given but the file has no 'labels' key")
+        fail(f"{data}: --labels given but the file reads as a dataset with outputs (a "
+             "classification file carries 'labels' instead of 'outputs')")
     from ..classification import resolve_targets
 
     dataset = resolve_targets(dataset)
