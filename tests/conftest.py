@@ -85,7 +85,7 @@ def run_cli(*args, cwd=None) -> CliResult:
     finally:
         os.chdir(old)
     stderr = result.stderr
-    if result.exc_info is not None and not isinstance(result.exception, SystemExit):
+    if result.exception is not None and not isinstance(result.exception, SystemExit):
         stderr += "".join(traceback.format_exception(*result.exc_info))
     return CliResult(result.exit_code, result.stdout, stderr)
 

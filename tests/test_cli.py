@@ -188,6 +188,55 @@ def test_help_everywhere():
         assert proc.returncode == 0 and "Usage" in proc.stdout
 
 
+def _commands(group=None, path=()):
+    """Every command of the CLI as (path, click command), groups included."""
+    import typer
+
+    from exactformer.cli import app
+
+    group = group or typer.main.get_command(app)
+    for name, cmd in group.commands.items():
+        yield (*path, name), cmd
+        if hasattr(cmd, "commands"):
+            yield from _commands(cmd, (*path, name))
+
+
+def test_every_help_names_arguments_alike():
+    """Usage lines read `verify [OPTIONS] MODEL DATA` as in the README (typer wrote required
+    arguments as `{MODEL}`), arguments are upper case, no flag shows a `<bool>` type, and
+    every command that prints has -q."""
+    for path, cmd in _commands():
+        proc = run_cli(*path, "--help")
+        assert proc.returncode == 0, path
+        usage = proc.stdout.splitlines()[0]
+        assert "{" not in usage and "}" not in usage, usage
+        assert "<bool>" not in proc.stdout, path
+        for param in cmd.params:
+            if param.param_type_name == "argument":
+                assert param.metavar and param.metavar.isupper(), (path, param.name)
+                assert param.metavar in usage, (path, usage)
+        if not hasattr(cmd, "commands"):
+            assert any("-q" in p.opts for p in cmd.params), f"{path} has no -q"
+    assert "verify [OPTIONS] MODEL DATA" in run_cli("verify", "--help").stdout
+
+
+def test_command_lists_show_whole_short_help():
+    """Each listed command has its own one-line summary: click's default cuts the docstring
+    at its first period ("The paper's Fig." for tikhonov) or with "..."."""
+    for path, cmd in [((), None), *_commands()]:
+        if cmd is not None and not hasattr(cmd, "commands"):
+            continue
+        proc = run_cli(*path, "--help")
+        listing = proc.stdout[proc.stdout.index("Commands:"):]
+        for line in listing.splitlines()[1:]:
+            name, _, short = line.strip().partition(" ")
+            assert short.strip() and not short.rstrip().endswith(("...", "Fig.")), (path, line)
+    groups = {p: c for p, c in _commands() if hasattr(c, "commands")}
+    for sub in groups[("experiment",)].commands.values():
+        assert sub.short_help and len(sub.short_help) <= 60, sub.name
+        assert sub.short_help in run_cli("experiment", "--help").stdout
+
+
 def test_info_shows_every_width_of_a_group_of_blocks(tmp_path):
     from typer.testing import CliRunner
 

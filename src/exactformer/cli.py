@@ -16,7 +16,7 @@ from pathlib import Path
 
 import typer
 from rich.console import Console
-from typer.core import TyperGroup
+from typer.core import TyperCommand, TyperGroup
 
 try:  # typer ≥ 0.25 vendors click as typer._click
     from typer._click import exceptions as click_errors
@@ -41,6 +41,8 @@ class _OneLineErrors(TyperGroup):
             where = f"{exc.ctx.command_path}: " if exc.ctx is not None else ""
             err_console.print(f"error: {where}{exc.format_message()}", highlight=False,
                               markup=False, soft_wrap=True)
+            if exc.ctx is not None and _wants_json(exc.ctx.command, args):
+                _print_json_error(f"{where}{exc.format_message()}", 2)
             sys.exit(2)
         except click_errors.ClickException as exc:
             err_console.print(f"error: {exc.format_message()}", highlight=False, markup=False,
@@ -52,7 +54,23 @@ class _OneLineErrors(TyperGroup):
         sys.exit(rv if isinstance(rv, int) else 0)
 
 
-app = typer.Typer(
+class _Command(TyperCommand):
+    """Usage lines name arguments as the README does, ``verify [OPTIONS] MODEL DATA``: typer
+    writes a required argument as ``{MODEL}``."""
+
+    def collect_usage_pieces(self, ctx) -> list[str]:
+        return [piece[1:-1] if piece.startswith("{") and piece.endswith("}") else piece
+                for piece in super().collect_usage_pieces(ctx)]
+
+
+class Typer(typer.Typer):
+    """typer.Typer whose commands are :class:`_Command` (every command module uses it)."""
+
+    def command(self, *args, cls=None, **kwargs):
+        return super().command(*args, cls=cls or _Command, **kwargs)
+
+
+app = Typer(
     cls=_OneLineErrors,
     help="Compile a dataset of sequences into a transformer that reproduces it exactly.",
     no_args_is_help=True,
@@ -60,7 +78,7 @@ app = typer.Typer(
     rich_markup_mode=None,  # plain help: no "<bool>" type column
     pretty_exceptions_enable=False,
 )
-experiment_app = typer.Typer(cls=_OneLineErrors, help="Experiments around the construction.",
+experiment_app = Typer(cls=_OneLineErrors, help="Experiments around the construction.",
                              no_args_is_help=True, rich_markup_mode=None)
 app.add_typer(experiment_app, name="experiment")
 
@@ -92,12 +110,28 @@ def printable(text) -> str:
 
 
 def fail(message: str, code: int = 2) -> None:
-    """Print one line on stderr and exit with ``code``."""
+    """Print one line on stderr and exit with ``code`` (``--json``: also the error object)."""
     err_console.print(f"error: {message}", highlight=False, markup=False, soft_wrap=True)
+    if _json_errors["on"]:
+        _print_json_error(message, code)
     raise typer.Exit(code)
 
 
 _debug = {"on": False}
+_json_errors = {"on": False}  # a command running with --json: errors also as JSON on stdout
+
+
+def _wants_json(command, args) -> bool:
+    """A usage error of a command that has ``--json``, given on its command line."""
+    argv = sys.argv[1:] if args is None else list(args)
+    return "--json" in argv and any(p.name == "json_output" for p in command.params)
+
+
+def _print_json_error(message: str, code: int) -> None:
+    """verify --json's error object (docs/verification.md, "Machine-readable output")."""
+    from .commands.verify_json import dumps, error_document
+
+    print(dumps(error_document(message, code)), flush=True)
 
 
 @app.callback()
@@ -113,6 +147,9 @@ def _options(
 def user_errors(fn):
     """One stderr line per error: bad input → exit 2, failed check → 1, internal error → 3.
 
+    A command's ``quiet`` (``-q``) silences its console; its ``json_output`` (``--json``)
+    too, and an error then also prints verify's JSON error object on stdout.
+
     numpy's floating-point warnings are silenced: every check is explicit, and at extreme
     scales they would print lines of RuntimeWarnings before the one line that matters.
     """
@@ -120,7 +157,9 @@ def user_errors(fn):
     @wraps(fn)
     def wrapper(*args, **kwargs):
         quiet = console.quiet
-        console.quiet = quiet or bool(kwargs.get("quiet"))
+        json_output = bool(kwargs.get("json_output"))  # stdout is the JSON object alone
+        console.quiet = quiet or bool(kwargs.get("quiet")) or json_output
+        _json_errors["on"] = json_output
         try:
             with np_quiet():
                 return fn(*args, **kwargs)
@@ -151,6 +190,7 @@ def user_errors(fn):
             raise typer.Exit(130) from None
         finally:
             console.quiet = quiet
+            _json_errors["on"] = False
 
     return wrapper
 

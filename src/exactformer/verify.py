@@ -32,6 +32,7 @@ from .tolerances import TARGET_GAP, VERIFY_TOL
 
 DEFAULT_TOL = VERIFY_TOL
 _CERTIFIED_EVALUATOR = True
+FAILURES_KEPT = 100  # failing tokens a report lists (in sequence order); all are counted
 
 
 @dataclass
@@ -56,6 +57,11 @@ class Report:
     delta: np.ndarray | None = None  # (N,) per sequence: certified (or observed) max-norm error
     where: str | None = None  # first sequence / token / block where the certificate fails
     outputs: list | None = field(default=None, repr=False)  # per sequence, what was checked
+    failures: list = field(default_factory=list)  # first FAILURES_KEPT failing tokens: Failure
+    n_failed_tokens: int | None = 0  # tokens failing the pass rule (None: the check stopped
+    #                                  at the first, as the ball certificate does)
+    note: str | None = None  # what the check means when it is not the model's own claim
+    scale: float = 1.0  # the data's scale: errors are relative to it, tolerances scaled by it
 
     @property
     def passed(self) -> bool:
@@ -63,6 +69,10 @@ class Report:
         if self.accuracy is not None and self.accuracy < 1.0:
             ok = False
         return ok and self.certified is not False
+
+    @property
+    def n_failed_sequences(self) -> int:
+        return int(np.count_nonzero(~(self.prefix_ok & self.set_ok)))
 
     @property
     def max_delta(self) -> float:
@@ -74,7 +84,7 @@ class Report:
         if self.method == "interval":
             kind = "float64, certified" if self.certified else "float64, NOT certified"
         status = "PASS" if self.passed else "FAIL"
-        bad = int(np.count_nonzero(~(self.prefix_ok & self.set_ok)))
+        bad = self.n_failed_sequences
         acc = "" if self.accuracy is None else f"accuracy {100 * self.accuracy:.2f} %, "
         cert = ""
         if self.method == "interval":
@@ -157,6 +167,9 @@ def verify(model: Transformer, dataset: Dataset, exact: bool | None = None,
             certificate = (f"not certified: {where}: certified δ {delta[j]:.3g} does not meet "
                            f"the pass rule (limit {rule.limit_of(j):.3g})")
     scale = dataset.scale
+    note = None
+    if exact and not model.exact:
+        note = _exact_on_float_note(rule, float(observed.max(initial=0.0)))
     return Report(
         n_sequences=dataset.n_sequences,
         exact=exact,
@@ -176,7 +189,36 @@ def verify(model: Transformer, dataset: Dataset, exact: bool | None = None,
         delta=delta,
         where=where,
         outputs=outputs,
+        failures=rule.failures,
+        n_failed_tokens=rule.n_failed,
+        note=note,
+        scale=scale,
     )
+
+
+def _exact_on_float_note(rule: PassRule, error: float) -> str:
+    """What ``exact=True`` checked on a model without rational weights, and what it means."""
+    what = ("exact mode on a float model: its float64 weights were read as exact rationals and "
+            "run in rational arithmetic, where the pass rule asks for error 0")
+    if not rule.failures:
+        return what + "; they interpolate the data exactly"
+    first = rule.failures[0]
+    return (f"{what}; they miss by up to {error:.3g} (first at sequence {first.sequence}, token "
+            f"{first.token}): float weights are rounded, so a float model is not an exact "
+            "interpolant. Its check is certified verification (the default without --exact: "
+            "interval arithmetic, docs/verification.md)")
+
+
+@dataclass(frozen=True)
+class Failure:
+    """One token that fails the pass rule: its error (δ: certified bound, or the observed
+    error) and the largest error the rule allows it (``limit``; 0 in exact mode)."""
+
+    sequence: int
+    token: int
+    readout: bool  # one of the first m_j outputs (else an output judged against the set)
+    error: float
+    limit: float
 
 
 class PassRule:
@@ -195,6 +237,8 @@ class PassRule:
         self.sep = nearest_other(self.distinct)
         self.offsets = np.concatenate([[0], np.cumsum(dataset.output_lengths)])
         self.limits = np.zeros(dataset.n_sequences)
+        self.failures: list[Failure] = []  # the first FAILURES_KEPT failing tokens
+        self.n_failed = 0  # every failing token
 
     def limit_of(self, j: int) -> float:
         return float(self.limits[j])
@@ -248,6 +292,10 @@ class PassRule:
             ok_prefix[j] = bool(np.all(good[:m]))
             ok_set[j] = bool(np.all(good[m:]))
             bad = np.flatnonzero(~good)
+            self.n_failed += len(bad)
+            for t in bad[:max(0, FAILURES_KEPT - len(self.failures))].tolist():
+                self.failures.append(Failure(j, t, t < m, float(dl[t]),
+                                             float(limit[t]) if len(limit) else 0.0))
             worst_token[j] = int(bad[0]) if len(bad) else (int(np.argmax(dl)) if len(dl) else 0)
             self.limits[j] = float(limit[worst_token[j]]) if len(limit) else 0.0
         return observed, delta, ok_prefix, ok_set, worst_token
@@ -300,4 +348,5 @@ def _ball_certified(model: Transformer, dataset: Dataset) -> Report:
     err = 0.0 if cert.passed else float("inf")
     return Report(N, True, err, err, 0, ok, ok.copy(), float("nan"), tol=0.0,
                   certificate=cert.message, certified=cert.passed, method="ball arithmetic",
-                  delta=np.full(N, err), outputs=cert.outputs)
+                  delta=np.full(N, err), outputs=cert.outputs, scale=dataset.scale,
+                  n_failed_tokens=0 if cert.passed else None)

@@ -9,7 +9,8 @@ import typer
 from ..cli import QUIET, app, console, output_directory, user_errors
 
 
-@app.command("bench")
+@app.command("bench",
+             short_help="Time compile and verify over a grid of sizes.")
 @user_errors
 def bench_cmd(
     out: Path = typer.Option(..., "--out", metavar="DIR",

@@ -14,6 +14,7 @@ from ..cli import (
     QUIET,
     app,
     console,
+    err_console,
     fail,
     output_directory,
     output_file,
@@ -47,11 +48,11 @@ def _load_model(path: Path, data: Path | None = None):
     return Transformer.load(path)
 
 
-def _progress(enabled: bool):
+def _progress(enabled: bool, where=None):
     """Progress of the compiler's stages: a bar on a terminal, plain lines in a log."""
     from ..progress import Progress
 
-    return Progress(console, enabled=enabled)
+    return Progress(where or console, enabled=enabled)
 
 
 def _summary(model, dataset: Dataset, report, seconds: float, title: str) -> Table:
@@ -96,7 +97,8 @@ def _summary(model, dataset: Dataset, report, seconds: float, title: str) -> Tab
     return t
 
 
-@app.command("compile")
+@app.command("compile",
+             short_help="Compile DATA into a verified model file.")
 @user_errors
 def compile_cmd(
     data: Path = DATA,
@@ -112,7 +114,7 @@ def compile_cmd(
                                      "`codes`); read-outs become class code vectors."),
     quiet: bool = QUIET,
 ):
-    """Compile DATA into a transformer, verify it, then write it to OUT."""
+    """Compile DATA into a transformer, verify it, then write it to MODEL (-o)."""
     import exactformer
 
     _attention(attention)
@@ -138,7 +140,8 @@ def compile_cmd(
 from ..tolerances import MAX_VERIFY_TOL as MAX_TOL  # noqa: E402  (docs/limits.md)
 
 
-@app.command("verify")
+@app.command("verify",
+             short_help="Prove that MODEL reproduces DATA; exit 1 if not.")
 @user_errors
 def verify_cmd(
     model_path: Path = MODEL,
@@ -150,6 +153,9 @@ def verify_cmd(
     certify: bool = typer.Option(True, "--certify/--no-certify",
                                  help="Float mode: prove the outputs in interval arithmetic "
                                       "(docs/verification.md), or only run the float check."),
+    json_output: bool = typer.Option(False, "--json",
+                                     help="Print one JSON object on stdout and nothing else "
+                                          "(its schema: docs/verification.md)."),
     quiet: bool = QUIET,
 ):
     """Re-run MODEL on DATA and check every sequence; exit 1 if not exact."""
@@ -157,21 +163,31 @@ def verify_cmd(
 
     if not 0 <= tol <= MAX_TOL:  # also NaN: a tolerance of 1e300 would pass any model
         fail(f"--tol must be a relative error between 0 and {MAX_TOL:g}, got {tol!r}")
+    t0 = time.perf_counter()
     model = _load_model(model_path, data)
     dataset = load_dataset(data)
     if dataset.labels is not None and model.info.get("codes") is None \
             and not any(len(y) for y in dataset.targets):
         fail(f"{data} holds labels but {model_path} is not a classification model (no class "
              "codes): verify it against data with outputs, or compile the labels with --labels")
-    t0 = time.perf_counter()
+    t1 = time.perf_counter()
     slow = (model.exact if exact is None else exact) and dataset.n_tokens > 20_000
-    with _progress(slow and not quiet) as progress:  # exact mode: long runs show progress
+    # exact mode: long runs show progress (on stderr with --json: stdout is the object alone)
+    with _progress(slow and not quiet, err_console if json_output else None) as progress:
         report = exactformer.verify(model, dataset, exact=exact, tol=tol, certify=certify,
                                     progress=progress)
+    t2 = time.perf_counter()
+    if json_output:
+        from .verify_json import document, dumps
+
+        seconds = {"load": t1 - t0, "check": t2 - t1, "total": t2 - t0}
+        print(dumps(document(report, model, dataset, model_path, data, seconds)), flush=True)
     console.print(report.summary(), highlight=False)
     if report.certificate:
         console.print(f"certificate: {report.certificate}", highlight=False)
-    console.print(f"checked in {time.perf_counter() - t0:.2f} s", style="dim")
+    if report.note:
+        console.print(f"note: {report.note}", highlight=False)
+    console.print(f"checked in {t2 - t1:.2f} s", style="dim")
     if not report.passed:
         bad = np.flatnonzero(~(report.prefix_ok & report.set_ok))
         console.print(f"wrong sequences: {bad[:20].tolist()}{' …' if len(bad) > 20 else ''}")
@@ -210,7 +226,8 @@ def _shown(value, limit: int = 120) -> str:
     return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
-@app.command("info")
+@app.command("info",
+             short_help="Metadata and the role of every block of MODEL.")
 @user_errors
 def info_cmd(model_path: Path = MODEL, quiet: bool = QUIET):
     """Metadata, size and the role of every block of MODEL (-q: only check that it loads)."""
@@ -260,7 +277,8 @@ def _span(values: list[int]) -> str:
     return str(lo) if lo == hi else f"{lo}–{hi}"
 
 
-@app.command("run")
+@app.command("run",
+             short_help="Write MODEL's outputs on every sequence of DATA.")
 @user_errors
 def run_cmd(
     model_path: Path = MODEL,
@@ -283,7 +301,8 @@ def run_cmd(
     console.print(f"wrote the outputs of {len(outputs)} sequences to {out}")
 
 
-@app.command("demo")
+@app.command("demo",
+             short_help="Compile and draw a three-sequence example.")
 @user_errors
 def demo_cmd(
     out: Path = typer.Option(Path("exactformer-demo"), "--out", metavar="DIR",
@@ -339,7 +358,8 @@ def _runnable(model):
     return model
 
 
-@app.command("predict")
+@app.command("predict",
+             short_help="The class of every sequence of DATA (--labels models).")
 @user_errors
 def predict_cmd(
     model_path: Path = typer.Argument(..., metavar="MODEL", help="A model compiled with --labels."),

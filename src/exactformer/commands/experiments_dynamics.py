@@ -22,7 +22,8 @@ def _progress():
     return Progress(console)
 
 
-@experiment_app.command("clustering")
+@experiment_app.command("clustering",
+                        short_help="Figures of the pure-attention clustering dynamics.")
 @user_errors
 def clustering(
     out: Annotated[Path, typer.Option("--out", help="Directory for PNGs and README.md.")],
@@ -42,7 +43,8 @@ def clustering(
     console.print(f"wrote {len(summary)} figures, README.md and summary.json to {out}")
 
 
-@experiment_app.command("sentiment")
+@experiment_app.command("sentiment",
+                        short_help="Leader-word sentiment classifier against baselines.")
 @user_errors
 def sentiment(
     out: Annotated[Path, typer.Option("--out", help="Directory for results.json and pictures.")],
@@ -85,7 +87,8 @@ def sentiment(
     )
 
 
-@experiment_app.command("meanfield")
+@experiment_app.command("meanfield",
+                        short_help="Softmax flow at low temperature against hardmax.")
 @user_errors
 def meanfield(
     out: Annotated[Path, typer.Option("--out", help="Directory for PNGs, results, README.md.")],

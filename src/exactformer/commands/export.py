@@ -19,7 +19,8 @@ from ..cli import (
 )
 
 
-@app.command("export")
+@app.command("export",
+             short_help="Export MODEL to ONNX or TransformerLens, checked.")
 @user_errors
 def export_cmd(
     model_path: Path = typer.Argument(..., metavar="MODEL", help="Model file (.safetensors)."),
@@ -46,7 +47,8 @@ def export_cmd(
     console.print(report.summary(), highlight=False, soft_wrap=True)
 
 
-@app.command("explain")
+@app.command("explain",
+             short_help="Leaders, collapse and final blocks of MODEL on DATA.")
 @user_errors
 def explain_cmd(
     model_path: Path = typer.Argument(..., metavar="MODEL", help="Model file (.safetensors)."),
@@ -79,7 +81,8 @@ def explain_cmd(
     console.print(f"figure: {path}", style="dim")
 
 
-@experiment_app.command("ground-truth")
+@experiment_app.command("ground-truth",
+                        short_help="Interpretability tools scored against the mechanism.")
 @user_errors
 def ground_truth_cmd(
     out: Path = typer.Option(..., "--out", metavar="DIR",

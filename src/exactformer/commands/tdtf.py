@@ -13,6 +13,7 @@ import typer
 
 from ..cli import (
     QUIET,
+    Typer,
     app,
     console,
     experiment_app,
@@ -23,7 +24,7 @@ from ..cli import (
 )
 from .training import _require_torch  # one line and exit 2 without PyTorch
 
-tdtf_app = typer.Typer(help="Time-delayed transformer (TD-TF) on your own time series.",
+tdtf_app = Typer(help="Time-delayed transformer (TD-TF) on your own time series.",
                        no_args_is_help=True)
 app.add_typer(tdtf_app, name="tdtf")
 
@@ -32,7 +33,8 @@ def _say(text: str) -> None:
     console.print(text, highlight=False, markup=False, soft_wrap=True)
 
 
-@tdtf_app.command("fit")
+@tdtf_app.command("fit",
+                  short_help="Train a TD-TF on a time series (PyTorch).")
 @user_errors
 def fit_cmd(
     data: Path = typer.Argument(..., metavar="SERIES",
@@ -86,7 +88,8 @@ def fit_cmd(
          f"{log.seconds:.1f} s → {out}")
 
 
-@tdtf_app.command("forecast")
+@tdtf_app.command("forecast",
+                  short_help="Roll a TD-TF model forward from a series' end.")
 @user_errors
 def forecast_cmd(
     model_path: Path = typer.Argument(..., metavar="MODEL", help="A model from `tdtf fit`."),
@@ -114,7 +117,8 @@ def forecast_cmd(
     _say(f"wrote {steps} forecast steps of d = {pred.shape[1]} to {out}")
 
 
-@experiment_app.command("tdtf")
+@experiment_app.command("tdtf",
+                        short_help="TD-TF against TD-DMD on generated systems (PyTorch).")
 @user_errors
 def experiment_cmd(
     out: Path = typer.Option(..., "--out", help="Directory for results.json, figures, README."),

@@ -50,7 +50,8 @@ def _bar(enabled: bool, total: int, label: str):
         yield update
 
 
-@app.command("train")
+@app.command("train",
+             short_help="Train a transformer on DATA with L + ε‖θ‖² (PyTorch).")
 @user_errors
 def train_cmd(
     data: Path = typer.Argument(..., metavar="DATA",
@@ -128,7 +129,8 @@ def train_cmd(
                       f"{best.get('epoch', '-')}) → {out}, log {log}", highlight=False)
 
 
-@experiment_app.command("tikhonov")
+@experiment_app.command("tikhonov",
+                        short_help="Minimal Tikhonov loss against ε‖θ_exact‖² (paper Fig. 1).")
 @user_errors
 def tikhonov_cmd(
     out: Path = typer.Option(..., "--out", metavar="DIR",
