@@ -165,7 +165,8 @@ def test_dimension_mismatch_is_bad_input(tmp_path, data_file):
     assert run_cli("compile", data_file, "-o", model, "-q").returncode == 0
     other = tmp_path / "d2.json"
     other.write_text(json.dumps({"inputs": [[[1, 2]]], "outputs": [[[0, 0]]]}))
-    one_error_line(run_cli("verify", model, other))
+    line = one_error_line(run_cli("verify", model, other))
+    assert str(other) in line and str(model) in line, line  # names both files
     one_error_line(run_cli("run", model, other, "-o", tmp_path / "o.npz"))
 
 
@@ -255,3 +256,25 @@ def test_info_shows_every_width_of_a_group_of_blocks(tmp_path):
     rows = [line for line in res.output.splitlines() if "point move" in line or "snap" in line]
     assert "2–4" in rows[0] and "0–1" in rows[0]
     assert "2–4" not in rows[1]
+
+
+@pytest.mark.parametrize("flags, code", [([], 0), (["--exact"], 1), (["--json"], 0)])
+def test_a_closed_pipe_keeps_the_exit_status(tmp_path, data_file, flags, code):
+    """`exactformer verify … | head -1`: the reader goes away; verify still exits with its
+    own status (rich's console exited 1 there: "verification failed" for a passing model;
+    the JSON line gave "error: Broken pipe", exit 2), and stderr stays empty."""
+    import os
+    import subprocess
+    import sys
+
+    model = tmp_path / "m.safetensors"
+    assert run_cli("compile", data_file, "-o", model, "-q").returncode == 0
+    read, write = os.pipe()
+    os.close(read)  # every write to stdout fails with EPIPE, deterministically
+    try:
+        proc = subprocess.run([sys.executable, "-m", "exactformer", "verify", str(model),
+                               str(data_file), *flags], stdout=write, stderr=subprocess.PIPE,
+                              text=True, timeout=600)
+    finally:
+        os.close(write)
+    assert (proc.returncode, proc.stderr) == (code, "")

@@ -210,3 +210,20 @@ def test_without_json_no_json(files):
     result = run_cli("verify", files["float"], files["data"])
     assert result.returncode == 0 and result.stdout.startswith("PASS")
     assert "{" not in result.stdout
+
+
+def test_internal_error_is_exit_3_and_an_error_object(files, monkeypatch):
+    import exactformer
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("boom")
+
+    monkeypatch.setattr(exactformer, "verify", broken)
+    doc, result = verify_json(files["float"], files["data"])
+    assert result.returncode == 3 and doc == {
+        "schema": "exactformer.verify/1", "verdict": "error", "exit_code": 3,
+        "error": doc["error"]}
+    assert "RuntimeError: boom" in doc["error"] and "internal error" in result.stderr
+    # the next command in the same process is not in JSON mode any more
+    plain = run_cli("verify", files["data"].parent / "missing.safetensors", files["data"])
+    assert plain.stdout == "" and plain.returncode == 2

@@ -82,9 +82,34 @@ experiment_app = Typer(cls=_OneLineErrors, help="Experiments around the construc
                              no_args_is_help=True, rich_markup_mode=None)
 app.add_typer(experiment_app, name="experiment")
 
+def drop_output(stream) -> None:
+    """The reader of ``stream`` went away (``exactformer verify … | head -1``): send the rest
+    of the output to /dev/null, so the command finishes and exits with its own status
+    (verify: 1 only when the check fails), without a broken-pipe error at exit."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, stream.fileno())
+    os.close(devnull)
+
+
+class _Console(Console):
+    """rich's console, but a closed pipe does not end the command (rich exits 1 there)."""
+
+    def on_broken_pipe(self) -> None:
+        self.quiet = True
+        drop_output(sys.stderr if self.stderr else sys.stdout)
+
+
+def emit(text: str) -> None:
+    """Print ``text`` on stdout as it is (machine-readable output), surviving a closed pipe."""
+    try:
+        print(text, flush=True)
+    except BrokenPipeError:
+        drop_output(sys.stdout)
+
+
 # markup off: file names, class names and metadata are input ("[/x]" is a rich closing tag)
-console = Console(markup=False)
-err_console = Console(stderr=True, markup=False)
+console = _Console(markup=False)
+err_console = _Console(stderr=True, markup=False)
 
 
 def _version(value: bool) -> None:
@@ -131,7 +156,7 @@ def _print_json_error(message: str, code: int) -> None:
     """verify --json's error object (docs/verification.md, "Machine-readable output")."""
     from .commands.verify_json import dumps, error_document
 
-    print(dumps(error_document(message, code)), flush=True)
+    emit(dumps(error_document(message, code)))
 
 
 @app.callback()
@@ -291,7 +316,8 @@ def output_directory(out: Path, option: str = "--out") -> Path:
 def main() -> None:
     try:
         app()
-    except BrokenPipeError:  # e.g. `exactformer info m | head`
+    except BrokenPipeError:  # output outside the consoles, e.g. a NoArgsIsHelp text
+        drop_output(sys.stdout)
         sys.exit(0)
 
 

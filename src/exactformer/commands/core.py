@@ -14,6 +14,7 @@ from ..cli import (
     QUIET,
     app,
     console,
+    emit,
     err_console,
     fail,
     output_directory,
@@ -170,6 +171,8 @@ def verify_cmd(
             and not any(len(y) for y in dataset.targets):
         fail(f"{data} holds labels but {model_path} is not a classification model (no class "
              "codes): verify it against data with outputs, or compile the labels with --labels")
+    if dataset.d != model.d:
+        fail(f"{data}: tokens have d = {dataset.d} but {model_path} works on d = {model.d}")
     t1 = time.perf_counter()
     slow = (model.exact if exact is None else exact) and dataset.n_tokens > 20_000
     # exact mode: long runs show progress (on stderr with --json: stdout is the object alone)
@@ -181,7 +184,7 @@ def verify_cmd(
         from .verify_json import document, dumps
 
         seconds = {"load": t1 - t0, "check": t2 - t1, "total": t2 - t0}
-        print(dumps(document(report, model, dataset, model_path, data, seconds)), flush=True)
+        emit(dumps(document(report, model, dataset, model_path, data, seconds)))
     console.print(report.summary(), highlight=False)
     if report.certificate:
         console.print(f"certificate: {report.certificate}", highlight=False)
