@@ -215,12 +215,18 @@ def _bytes(n: float) -> str:
     return f"{n:.3g} ZB"
 
 
-def check_memory(path, needed: int, what: str) -> None:
-    """Refuse before allocating when ``needed`` bytes exceed the memory available."""
+def check_memory(path, needed: int, what: str, error: type[Exception] = DatasetError) -> None:
+    """Refuse before allocating when ``needed`` bytes exceed the memory available.
+
+    Raises ``error`` (one line: ``path``, when given, then ``what`` and the estimate). The
+    readers raise :class:`DatasetError`, the model reader its ModelFileError, ``train``
+    a ResourceError (docs/limits.md).
+    """
     free = available_memory()
     if free is not None and needed > free:
-        raise DatasetError(
-            f"{path}: {what}: about {_bytes(needed)} of memory needed, more than the "
+        where = f"{path}: " if path else ""
+        raise error(
+            f"{where}{what}: about {_bytes(needed)} of memory needed, more than the "
             f"{_bytes(free)} available (docs/limits.md)"
         )
 
@@ -239,10 +245,16 @@ def _npz_arrays(path: Path) -> dict[str, np.ndarray]:
     except (OSError, ValueError, zipfile.BadZipFile, EOFError) as exc:
         raise DatasetError(f"{path}: not a readable .npz file ({exc})") from None
     with zf:
+        names = [info.filename for info in zf.infolist()]
+        if len(set(names)) < len(names):
+            seen: set[str] = set()
+            twice = next(n for n in names if n in seen or seen.add(n))
+            raise DatasetError(f"{path}: the archive holds a member named {twice[:60]!r} twice "
+                               "(ambiguous: which one is the array?)")
         members = {}
         for info in zf.infolist():
             key = info.filename[:-4] if info.filename.endswith(".npy") else None
-            if key in _KINDS and key not in members:
+            if key in _KINDS:
                 members[key] = info
         headers, needed = {}, 0
         for key, info in members.items():
@@ -351,8 +363,28 @@ def _check_labels(labels, n: int, path) -> np.ndarray:
 
 
 # -- JSON: checked structurally (no strings, booleans or ragged rows taken as numbers) -----
-class _JsonLimit(Exception):
-    pass
+class _JsonLimit(ValueError):
+    """A JSON text that parses but breaks a limit or is ambiguous (one line, docs/limits.md)."""
+
+
+def json_object(pairs: list) -> dict:
+    """``object_pairs_hook`` of the strict readers: a key given twice is refused, not "last
+    one wins" (the two values make the file ambiguous; docs/design.md §2)."""
+    obj = dict(pairs)
+    if len(obj) < len(pairs):
+        seen = set()
+        key = next(k for k, _ in pairs if k in seen or seen.add(k))
+        raise _JsonLimit(f"duplicate key {json.dumps(key)[:60]} in a JSON object: "
+                         "ambiguous, a key may appear once")
+    return obj
+
+
+def strict_json(text):
+    """``json.loads`` for input files: duplicate keys refused (:func:`json_object`), integer
+    literals beyond float64 refused before conversion, NaN / Infinity refused. Raises a
+    ValueError (``_JsonLimit`` or ``JSONDecodeError``) or RecursionError."""
+    return json.loads(text, parse_int=_json_int, parse_constant=_json_constant,
+                      object_pairs_hook=json_object)
 
 
 def _json_int(text: str) -> int:
@@ -399,7 +431,7 @@ def _from_json(path: Path, require_targets: bool = True) -> Dataset:
         raise DatasetError(f"{path}: not a readable JSON file ({exc.strerror})") from None
     check_memory(path, 40 * size, "parsing this JSON file")  # ~40 B of Python objects per byte
     try:
-        data = json.loads(path.read_bytes(), parse_int=_json_int, parse_constant=_json_constant)
+        data = strict_json(path.read_bytes())
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise DatasetError(f"{path}: not a readable JSON file ({exc})") from None
     except RecursionError:

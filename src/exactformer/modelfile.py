@@ -8,13 +8,14 @@ Exact models also carry their rational weights in the metadata key ``rational``.
 from __future__ import annotations
 
 import json
+import re
 from fractions import Fraction
 from pathlib import Path
 
 import numpy as np
 
 from . import numeric as nm
-from .dataset import write_atomic
+from .dataset import check_memory, json_object, write_atomic
 from .errors import ModelFileError
 from .model import ATTENTIONS, FORMAT, Block, FeedForward, SelfAttention, Transformer
 
@@ -53,15 +54,6 @@ def save(model, path) -> None:
 _BLOCK_BYTES = 2_000  # Python objects of one (empty) block, its kind and its run entry
 
 
-def _check_memory(path, needed: int, what: str) -> None:
-    from .dataset import DatasetError, check_memory
-
-    try:
-        check_memory(path, needed, what)
-    except DatasetError as exc:
-        raise ModelFileError(str(exc)) from None
-
-
 def _check_classes(path, info: dict, d: int) -> None:
     """Classification metadata: ``codes`` (C, d) finite and distinct, ``classes`` C names."""
     codes, classes = info.get("codes"), info.get("classes")
@@ -83,6 +75,28 @@ def _check_classes(path, info: dict, d: int) -> None:
                 len(classes) != len(codes) or len(set(classes)) != len(classes):
             raise ModelFileError(f"{path}: metadata 'classes' must name each of the "
                                  f"{len(codes or [])} codes once (integers or text)")
+
+
+# the strict spellings of docs/design.md §2: int(), float() and Fraction() also read spaces,
+# underscores ("1_0") and any Unicode digits ("１２"), which no writer of the format produces
+_INTEGER = re.compile(r"[0-9]+")
+_FLOAT = re.compile(r"[-+]?(?:[0-9]+\.?[0-9]*|\.[0-9]+)(?:[eE][-+]?[0-9]+)?|[-+]?(?:inf|nan)")
+_RATIONAL = re.compile(r"-?[0-9]+(?:/[0-9]+)?")
+
+
+def _plain(path, meta: dict, key: str, form: re.Pattern, default: str | None = None) -> str:
+    """``meta[key]`` (or ``default``) when it is spelled in ``form`` exactly; else one line."""
+    value = meta[key] if default is None else meta.get(key, default)
+    if not form.fullmatch(value):
+        what = "a decimal integer" if form is _INTEGER else "a decimal number"
+        raise ModelFileError(f"{path}: metadata '{key}' must be {what} in ASCII digits "
+                             f"(docs/design.md §2), got {value[:40]!r}")
+    return value
+
+
+def _json(text: str):
+    """A metadata value as JSON, a key given twice refused (ambiguous)."""
+    return json.loads(text, object_pairs_hook=json_object)
 
 
 def load(path) -> Transformer:
@@ -108,9 +122,9 @@ def load(path) -> Transformer:
     if attention not in ATTENTIONS:
         raise ModelFileError(f"{path}: attention must be hardmax or softmax, got {attention!r}")
     try:
-        d = int(meta["d"])
-        n_blocks = int(meta["n_blocks"])
-        temperature = float(meta.get("temperature", "1.0"))
+        d = int(_plain(path, meta, "d", _INTEGER))
+        n_blocks = int(_plain(path, meta, "n_blocks", _INTEGER))
+        temperature = float(_plain(path, meta, "temperature", _FLOAT, "1.0"))
     except (KeyError, ValueError) as exc:
         raise ModelFileError(f"{path}: bad or missing metadata ({exc})") from None
     if d < 1 or n_blocks < 0:
@@ -123,12 +137,12 @@ def load(path) -> Transformer:
     if n_blocks > 1_000_000_000:
         raise ModelFileError(f"{path}: n_blocks = {n_blocks} is beyond any model this tool "
                              "can hold (docs/limits.md)")
-    _check_memory(path, n_blocks * _BLOCK_BYTES, f"n_blocks = {n_blocks}")
+    check_memory(path, n_blocks * _BLOCK_BYTES, f"n_blocks = {n_blocks}", ModelFileError)
     try:
-        kinds = json.loads(meta.get("block_kinds", "[]"))
-        info = json.loads(meta.get("info", "{}"))
-        rational = json.loads(meta.get("rational", "{}"))
-        mechanism = json.loads(meta["mechanism"]) if "mechanism" in meta else None
+        kinds = _json(meta.get("block_kinds", "[]"))
+        info = _json(meta.get("info", "{}"))
+        rational = _json(meta.get("rational", "{}"))
+        mechanism = _json(meta["mechanism"]) if "mechanism" in meta else None
     except ValueError as exc:  # JSONDecodeError, or an integer literal beyond 4300 digits
         raise ModelFileError(f"{path}: corrupt metadata ({exc})") from None
     except RecursionError:
@@ -157,8 +171,13 @@ def load(path) -> Transformer:
         if not np.all(np.isfinite(t)):
             raise ModelFileError(f"{path}: tensor {name} has non-finite values")
         if name in rational:
+            bad = next((s for s in rational[name]
+                        if not (isinstance(s, str) and _RATIONAL.fullmatch(s))), None)
+            if bad is not None:
+                raise ModelFileError(f"{path}: rational weights of {name}: {str(bad)[:40]!r} is "
+                                     "not 'p/q' or 'p' in ASCII digits (docs/design.md §2)")
             try:
-                vals = [Fraction(s) for s in rational[name] if isinstance(s, str)]
+                vals = [Fraction(s) for s in rational[name]]
                 exact = np.array(vals, dtype=object).reshape(t.shape)
                 as_float = nm.to_float(exact)
             except (ValueError, ZeroDivisionError, TypeError):

@@ -44,7 +44,8 @@ import numpy as np
 import torch
 
 from .dataset import Dataset, write_atomic
-from .errors import ExactformerError
+from .dataset import check_memory as _check_available
+from .errors import ExactformerError, ResourceError
 from .torch import TorchBlock, TorchFeedForward, TorchSelfAttention, TorchTransformer, pad_sequences
 
 __all__ = [
@@ -60,6 +61,8 @@ __all__ = [
     "embed",
     "balance",
     "train",
+    "memory_estimate",
+    "check_memory",
 ]
 
 
@@ -163,6 +166,43 @@ def sq_norm(net: torch.nn.Module) -> torch.Tensor:
     if not params:
         return torch.zeros((), dtype=torch.float64)
     return sum((p * p).sum() for p in params)
+
+
+# ------------------------------------------------------------------- memory, before allocating
+
+PARAMETER_COPIES = 8
+"""float64 copies of θ alive while training: the numpy arrays of the initialisation, the
+parameters, their gradients, Adam's two moments, the last finite snapshot, the vector the
+snapshot is gathered in, and the model written at each checkpoint."""
+
+
+def memory_estimate(d: int, blocks: int, width: int, rank: int, n_sequences: int = 0,
+                    max_length: int = 0) -> int:
+    """Bytes that training ``blocks`` blocks of FF width ``width``, rank ``rank`` will hold.
+
+    Parameters: ``blocks·(2wd + w + 1 + 2hd + d² + 1)`` float64 numbers, PARAMETER_COPIES
+    times. Activations, kept for the backward pass: per block and per (padded) token, the FF's
+    pre-activations and ReLUs (2w), queries and keys (2h), four d-vectors and three rows of
+    the n × n score, pattern and softmax matrices. Python integers: no overflow at any size.
+    """
+    d, blocks, width, rank = int(d), int(blocks), int(width), int(rank)
+    params = blocks * (2 * width * d + width + 1 + 2 * rank * d + d * d + 1)
+    per_token = 2 * width + 2 * rank + 4 * d + 3 * int(max_length)
+    activations = blocks * int(n_sequences) * int(max_length) * per_token
+    return 8 * (PARAMETER_COPIES * params + activations)
+
+
+def check_memory(d: int, blocks: int, width: int, rank: int, dataset: Dataset | None = None
+                 ) -> None:
+    """Refuse (:class:`ResourceError`, one line) before allocating a model and batch that the
+    memory the operating system reports available cannot hold (docs/limits.md): ``train
+    --width 1000000000`` would otherwise allocate until the OOM killer stops it."""
+    n = 0 if dataset is None else dataset.n_sequences
+    longest = 0 if dataset is None else int(dataset.input_lengths.max(initial=0))
+    need = memory_estimate(d, blocks, width, rank, n, longest)
+    data = f", {n} sequences of up to {longest} tokens" if dataset is not None else ""
+    what = f"training --blocks {blocks} --width {width} --rank {rank} (d = {d}{data})"
+    _check_available("", need, what, ResourceError)
 
 
 # ------------------------------------------------------------------- initialisations

@@ -102,13 +102,20 @@ def train_cmd(
         fail(f"--temperature must be positive, got {temperature}")
     dataset = load_dataset(data)
     mode = "softmax" if attention == "softmax" else "hardmax"
+    # before any allocation (a compiled model has at least --blocks blocks of --width)
+    default = (6, 4) if init == "random" else (1, 1)
+    tr.check_memory(dataset.d, blocks or default[0], width or default[1], rank, dataset)
     if init == "compiled":
         net, _ = tr.compiled_model(dataset, seed=seed)
         if blocks is not None or width is not None:
+            ffw = max((b.ff.width for b in net.blocks if b.ff is not None), default=1)
+            tr.check_memory(dataset.d, max(blocks or 0, net.n_blocks), max(width or 0, ffw), 2,
+                            dataset)  # embed's identity blocks have rank 2
             net = tr.embed(net, blocks, width)
         net.attention, net.temperature = mode, temperature
     else:
-        net = tr.random_model(dataset.d, blocks or 6, width or 4, rank, mode, temperature, seed)
+        net = tr.random_model(dataset.d, blocks or default[0], width or default[1], rank, mode,
+                              temperature, seed)
     log = log or out.with_suffix(".log.csv")
     output_file(log, "--log", (".csv", ".json"), inputs=[data, out])
     cfg = tr.TrainConfig(epochs=epochs, lr=lr, weight_decay=weight_decay,

@@ -30,7 +30,7 @@ from .separate import shift_and_separate
 from .split import split_classes
 from .state import ModelBuilder, TokenState, check_memory, weight_bits
 from .temperature import softmax_collapse
-from .validate import analyse, check_float_separable
+from .validate import analyse, check_float_normal, check_float_separable
 
 __all__ = ["compile", "paper_bound", "record_verification", "strict_bound"]
 
@@ -75,6 +75,7 @@ def compile(dataset: Dataset, attention: str = "hardmax", compact: bool = False,
     t0 = time.perf_counter()
     analysis = analyse(dataset)  # validate: ids, groups, docs/design.md §3
     if not exact:
+        check_float_normal(dataset)
         check_float_separable(dataset, analysis)
         check_targets_separable(dataset)
     e = scale_exponent(dataset)

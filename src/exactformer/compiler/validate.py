@@ -184,6 +184,27 @@ def _check_feasible(dataset: Dataset, a: Analysis) -> None:
             )
 
 
+SMALLEST_NORMAL = float(np.finfo(np.float64).tiny)
+"""2^-1022 ≈ 2.2e-308: below it float64 numbers are subnormal (fewer than 53 bits)."""
+
+
+def check_float_normal(dataset: Dataset) -> None:
+    """Float mode: inputs whose largest absolute value is subnormal are refused (docs/limits.md).
+
+    A subnormal number keeps fewer than 53 significant bits, and the certificate of a float
+    model carries an absolute underflow term (``arithmetic.TINY`` = 1e-318 per radius,
+    docs/verification.md) that the pass rule's 1e-10 × scale cannot absorb at that scale:
+    every draw would fail its certificate. Exact mode compiles such data (scaled to ~1 by a
+    power of two, docs/limits.md).
+    """
+    s = dataset.input_scale
+    if s < SMALLEST_NORMAL:
+        raise DatasetError(
+            f"the inputs' largest absolute value {s:.3g} is below float64's smallest normal "
+            f"number ({SMALLEST_NORMAL:.3g}): subnormal floats keep too few bits for a "
+            "certified float64 model; compile with --exact (docs/limits.md)")
+
+
 def check_float_separable(dataset: Dataset, a: Analysis) -> None:
     """Float mode: distinct input values closer than 1e-7 × scale cannot be told apart robustly.
 

@@ -1,0 +1,165 @@
+"""Hostile inputs still open after tests/test_attack_cli.py (main at 7348302): each case here
+failed there — an allocation until the OOM killer, exit 1 instead of a named limit, or a
+strict reader that accepted an ambiguous or non-canonical file. Each is now one line with
+exit 2 (docs/limits.md). The CLI runs in process; no case takes more than a tiny compile.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import resource
+import zipfile
+
+import numpy as np
+import pytest
+
+from test_attack_cli import _edit_metadata
+from test_hostile import cli, one_line_error
+
+
+def _data(tmp_path, scale: float = 1.0, name: str = "x.json"):
+    rng = np.random.default_rng(1)
+    xs = [rng.normal(size=(n, 3)) * scale for n in (4, 6, 5, 3)]
+    ys = [rng.normal(size=(1, 3)) * scale for _ in range(4)]
+    path = tmp_path / name
+    path.write_text(json.dumps({"inputs": [x.tolist() for x in xs],
+                                "outputs": [y.tolist() for y in ys]}))
+    return path
+
+
+@contextlib.contextmanager
+def _address_space_cap(extra: int = 3 << 30):
+    """At most ``extra`` more bytes of address space while inside (RLIMIT_AS, soft limit).
+
+    Without the size check the commands below allocate terabytes: with the cap they fail
+    with a MemoryError (exit 3, the test fails) instead of driving the machine into the
+    OOM killer.
+    """
+    with open("/proc/self/status") as fh:
+        vm = next(int(line.split()[1]) * 1024 for line in fh if line.startswith("VmSize:"))
+    soft, hard = resource.getrlimit(resource.RLIMIT_AS)
+    cap = vm + extra if hard == resource.RLIM_INFINITY else min(hard, vm + extra)
+    resource.setrlimit(resource.RLIMIT_AS, (cap, hard))
+    try:
+        yield
+    finally:
+        resource.setrlimit(resource.RLIMIT_AS, (soft, hard))
+
+
+# -- 1. train: the model's size against the available memory, before allocating ---------
+@pytest.mark.parametrize("options", [
+    ["--width", "1000000000"],
+    ["--blocks", "1000000000000"],
+    ["--rank", "10000000000"],
+    ["--init", "compiled", "--blocks", "100000000000"],
+    ["--init", "compiled", "--width", "100000000000"],
+])
+def test_train_refuses_a_model_beyond_memory(tmp_path, options):
+    pytest.importorskip("torch")
+    data, out = _data(tmp_path), tmp_path / "t.safetensors"
+    with _address_space_cap():
+        result = cli("train", data, "-o", out, "-q", *options)
+    one_line_error(result, 2, "of memory needed, more than the")
+    assert not out.exists()
+
+
+# -- 2. subnormal data: float64's limit, named; --exact compiles it ----------------------
+def test_subnormal_data_is_a_float64_limit(tmp_path):
+    data, out = _data(tmp_path, 1e-310), tmp_path / "m.safetensors"
+    one_line_error(cli("compile", data, "-o", out), 2, "--exact")
+    assert not out.exists()
+    assert cli("compile", data, "-o", out, "--exact", "-q").exit_code == 0
+    assert cli("verify", out, data, "-q").exit_code == 0
+
+
+# -- 3. strict readers -------------------------------------------------------------------
+def test_npz_with_two_members_of_one_name(tmp_path):
+    good = tmp_path / "g.npz"
+    rng = np.random.default_rng(0)
+    np.savez(good, inputs=rng.normal(size=(4, 2)), input_lengths=[2, 2],
+             outputs=rng.normal(size=(2, 2)), output_lengths=[1, 1])
+    bad = tmp_path / "b.npz"
+    with zipfile.ZipFile(good) as src, zipfile.ZipFile(bad, "w") as dst:
+        for info in src.infolist():
+            dst.writestr(info, src.read(info))
+        with pytest.warns(UserWarning, match="Duplicate name"):
+            dst.writestr("inputs.npy", src.read("inputs.npy"))
+    one_line_error(cli("compile", bad, "-o", tmp_path / "m.safetensors"), 2,
+                   "'inputs.npy' twice")
+
+
+def test_json_dataset_with_a_duplicate_key(tmp_path):
+    path = tmp_path / "d.json"
+    path.write_text('{"inputs": [[[1, 2]], [[3, 4]]], "outputs": [[[0, 0]], [[1, 1]]], '
+                    '"outputs": [[[5, 5]], [[6, 6]]]}')
+    one_line_error(cli("compile", path, "-o", tmp_path / "m.safetensors"), 2,
+                   'duplicate key "outputs"')
+
+
+@pytest.fixture
+def exact_model(tmp_path):
+    data, model = _data(tmp_path), tmp_path / "e.safetensors"
+    assert cli("compile", data, "-o", model, "--exact", "-q").exit_code == 0
+    return data, model
+
+
+def _rational(model):
+    from safetensors import safe_open
+
+    with safe_open(str(model), framework="numpy") as fh:
+        return json.loads(fh.metadata()["rational"])
+
+
+def _respell(entry: str, how: str) -> str:
+    """``entry`` ("p/q") spelled another way that Fraction() reads as the same number."""
+    p, q = entry.split("/")
+    return {"underscores": f"{p}_0/{q}_0", "space before": f" {entry}",
+            "space after": f"{entry} ", "plus": f"+{entry}" if p[0] != "-" else f"-+{entry[1:]}",
+            "fullwidth": entry.translate({ord(c): ord("０") + int(c) for c in "0123456789"}),
+            }[how]
+
+
+@pytest.mark.parametrize("how", ["underscores", "space before", "space after", "plus",
+                                 "fullwidth"])
+def test_rational_weights_are_plain_p_over_q(exact_model, tmp_path, how):
+    """Fraction() reads every one of these as the stored value; docs/design.md §2 allows
+    ``p/q`` and ``p`` in ASCII digits only."""
+    data, model = exact_model
+    rational = _rational(model)
+    name, k = next((n, k) for n, v in rational.items() for k, s in enumerate(v) if "/" in s)
+    rational[name][k] = _respell(rational[name][k], how)
+    bad = _edit_metadata(model, tmp_path / "b.safetensors", rational=json.dumps(rational))
+    one_line_error(cli("verify", bad, data), 2, name)
+
+
+def test_rational_weights_with_a_duplicate_key(exact_model, tmp_path):
+    data, model = exact_model
+    text = json.dumps(_rational(model))
+    first = text[1:text.index("]") + 1]  # '"name": [...]'
+    bad = _edit_metadata(model, tmp_path / "b.safetensors", rational="{" + first + ", " + text[1:])
+    one_line_error(cli("verify", bad, data), 2, "duplicate key")
+
+
+@pytest.mark.parametrize("key, value", [
+    ("n_blocks", " {} "), ("n_blocks", "{}\n"), ("n_blocks", "+{}"), ("n_blocks", "0_{}"),
+    ("n_blocks", "fullwidth"), ("d", " 3"), ("d", "３"), ("temperature", " 1.0"),
+    ("temperature", "1_0.0"), ("temperature", "１.0"),
+])
+def test_model_metadata_numbers_are_ascii(exact_model, tmp_path, key, value):
+    """int() and float() accept spaces, underscores and any Unicode digits: refused."""
+    data, model = exact_model
+    from safetensors import safe_open
+
+    with safe_open(str(model), framework="numpy") as fh:
+        n = fh.metadata()["n_blocks"]
+    if value == "fullwidth":
+        value = "".join(chr(ord("０") + int(c)) for c in n)
+    bad = _edit_metadata(model, tmp_path / "b.safetensors", **{key: value.format(n)})
+    one_line_error(cli("info", bad), 2, key)
+
+
+def test_model_info_with_a_duplicate_key(exact_model, tmp_path):
+    data, model = exact_model
+    bad = _edit_metadata(model, tmp_path / "b.safetensors", info='{"seed": 0, "seed": 1}')
+    one_line_error(cli("info", bad), 2, 'duplicate key "seed"')
