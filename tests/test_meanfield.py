@@ -73,6 +73,18 @@ def test_chunked_velocity_equals_the_dense_formula(beta):
         assert np.allclose(g(X), raw, rtol=1e-12, atol=1e-12)
 
 
+@pytest.mark.parametrize("beta", [10.0, 1e4])
+def test_single_precision_exponentials_stay_below_the_step_tolerance(beta):
+    # float32 exp, float64 scores and sums: each weight is off by <= ~1e-7 (1 + |argument|)
+    # relative; the velocity error must stay far below the experiment's rtol = 1e-6
+    X, A = _tokens(7, 300, 2)
+    I = np.eye(2)
+    double = SelfAttentionFlow(I, A, I, beta, chunk=64)(X)
+    single = SelfAttentionFlow(I, A, I, beta, chunk=64, single_exp=True)(X)
+    err = np.abs(single - double).max()
+    assert 0 < err <= 1e-7 * np.abs(X).max()
+
+
 def test_softmax_velocity_tends_to_hardmax():
     X, A = _tokens(3, 50, 2)
     I = np.eye(2)

@@ -35,13 +35,17 @@ def _w2(X, Y):
     return math.sqrt(max(ot.emd2(a, b, M, numItermax=10_000_000), 0.0))
 
 
+def _seeds(s, d):
+    return s["seeds"][s["dims"].index(d)]
+
+
 def _curves(results, arrays, d):
     """W2(t) recomputed from the trajectories, per (β, seed), with the image recomputed from
     the initial tokens (dense argmax, no library code)."""
     s = results["settings"]
     curves = {}
     for beta in s["betas"]:
-        for seed in range(s["seeds"]):
+        for seed in range(_seeds(s, d)):
             key = f"d{d}_b{beta:g}_s{seed}"
             X0, A, states = arrays[f"{key}_X0"], arrays[f"{key}_A"], arrays[f"{key}_states"]
             S = X0 @ A @ X0.T
@@ -101,12 +105,48 @@ def test_concentration_plateau_departure_and_arrival_d2(quick):
             assert w[-1] > 2 * w[k]
     # the plateau falls with beta: per-seed log-log slope
     slopes = [np.polyfit(np.log(betas), np.log([mins[b, sd] for b in betas]), 1)[0]
-              for sd in range(s["seeds"])]
+              for sd in range(_seeds(s, 2))]
     assert np.mean(slopes) <= -0.3
     # arrival (first time within 2x of the minimum) grows with log beta
     arrival = {b: np.mean([curves[b, sd][0][np.argmax(curves[b, sd][1] <= 2 * mins[b, sd])]
-                           for sd in range(s["seeds"])]) for b in betas}
+                           for sd in range(_seeds(s, 2))]) for b in betas}
     assert all(arrival[b1] < arrival[b2] for b1, b2 in zip(betas, betas[1:]))
+
+
+def _arrival(t, w):
+    """First time w(t) <= 2 min w: log w linear in log t between the output times around
+    the crossing (linear in t on [0, t_1])."""
+    level = 2 * w.min()
+    k = int(np.flatnonzero(w <= level)[0])
+    if k == 0:
+        return t[0]
+    frac = (math.log(w[k - 1]) - math.log(level)) / (math.log(w[k - 1]) - math.log(w[k]))
+    if t[k - 1] == 0:
+        return frac * t[k]
+    return t[k - 1] * (t[k] / t[k - 1]) ** frac
+
+
+@pytest.mark.slow
+def test_interpolated_arrival_times_and_their_fit(quick):
+    _, results, arrays = quick
+    s = results["settings"]
+    for d in s["dims"]:
+        curves = _curves(results, arrays, d)
+        arrival = {}
+        for r in results["runs"]:
+            if r["d"] == d:
+                t, w = curves[r["beta"], r["seed"]]
+                arrival[r["beta"], r["seed"]] = _arrival(t, w)
+                assert r["arrival"] == pytest.approx(arrival[r["beta"], r["seed"]], rel=1e-6,
+                                                     abs=1e-9)
+                # between the last output time above 2x the minimum and the first one below
+                k = int(np.flatnonzero(w <= 2 * w.min())[0])
+                assert t[max(k - 1, 0)] <= r["arrival"] <= t[k]
+                assert r["concentrates"] == bool(w[0] > 2 * w.min())
+        x = [math.log(b) for b in s["betas"] for _ in range(_seeds(s, d))]
+        y = [arrival[b, sd] for b in s["betas"] for sd in range(_seeds(s, d))]
+        slope = np.polyfit(x, y, 1)[0]
+        assert results["fits"][str(d)]["arrival_fit"]["slope"] == pytest.approx(slope, rel=1e-6)
 
 
 @pytest.mark.slow
@@ -123,7 +163,7 @@ def test_hulls_are_nested_along_the_flow(quick):
 @pytest.mark.slow
 def test_terminal_phase_lines_up_with_the_slow_eigenvector_of_v(quick):
     _, results, arrays = quick
-    for seed in range(results["settings"]["seeds"]):
+    for seed in range(results["settings"]["terminal_seeds"]):
         X = arrays[f"terminal_s{seed}_states"][-1]
         V = arrays[f"terminal_s{seed}_V"]
         lam, R = np.linalg.eigh(V)

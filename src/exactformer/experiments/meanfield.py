@@ -44,7 +44,7 @@ class Settings:
     n: int = 2000
     dims: tuple[int, ...] = (2, 16)
     betas: tuple[float, ...] = (10.0, 100.0, 1000.0, 10000.0)
-    seeds: int = 3
+    seeds: tuple[int, ...] = (3, 5)  # seeds per entry of dims
     n_times: int = 18
     horizon: float = 10.0  # t_max = horizon · log β
     condition: float = 4.0  # condition number of A = QᵀK
@@ -52,6 +52,7 @@ class Settings:
     atol: float = 1e-9
     # terminal phase: A = I, V = R diag(value_spectrum) Rᵀ, one β, long time
     terminal_n: int = 1000
+    terminal_seeds: int = 3
     terminal_beta: float = 10.0
     terminal_t: float = 100.0
     value_spectrum: tuple[float, float] = (1.0, 0.25)
@@ -60,11 +61,18 @@ class Settings:
     big_beta: float = 100.0
     big_subsample: int = 2000
     big_subsamples: int = 3
-    chunk: int = 256
+    chunk: int = 64
+    single_exp: bool = True  # float32 exponentials (docs/meanfield.md, "Time stepping")
+
+
+def seed_count(s: Settings, d: int) -> int:
+    """How many seeds the runs in dimension ``d`` use."""
+    return s.seeds[s.dims.index(d)]
 
 
 def quick_settings() -> Settings:
-    return Settings(n=300, betas=(10.0, 100.0, 1000.0), n_times=16, terminal_n=300,
+    return Settings(n=300, betas=(10.0, 100.0, 1000.0), seeds=(3, 3), n_times=16,
+                    terminal_n=300,
                     terminal_t=60.0, big_n=1000, big_subsample=500, big_subsamples=2)
 
 
@@ -133,9 +141,27 @@ def mean_ci(values, level: float = 0.95) -> dict:
     return {"mean": m, "ci": [m - half, m + half], "values": v.tolist()}
 
 
+def crossing_time(times, w2, level: float) -> float:
+    """The first time the curve ``w2(t)`` comes down to ``level``, interpolated between the
+    two output times around the crossing: ``log w2`` linear in ``log t`` (in ``t`` on the
+    first interval, which starts at t = 0). ``times[0]`` if the curve starts at or below it."""
+    times, w2 = np.asarray(times, float), np.asarray(w2, float)
+    k = int(np.argmax(w2 <= level))
+    if k == 0:
+        return float(times[0])
+    t0, t1 = times[k - 1], times[k]
+    frac = math.log(w2[k - 1] / level) / math.log(w2[k - 1] / w2[k]) if w2[k] < w2[k - 1] \
+        else 1.0
+    if t0 <= 0:
+        return float(t0 + frac * (t1 - t0))
+    return float(math.exp(math.log(t0) + frac * math.log(t1 / t0)))
+
+
 def plateau(times, w2) -> dict:
     """Minimum of the W2 curve, when it is reached, when the curve first comes within 2× of
-    it (arrival), how long it stays within 2× after that, and where it ends."""
+    it (arrival: interpolated between output times by :func:`crossing_time`;
+    ``arrival_grid``: the first output time within 2×), how long it stays within 2× after
+    that, and where it ends."""
     times, w2 = np.asarray(times), np.asarray(w2)
     k = int(np.argmin(w2))
     within = w2 <= 2 * w2[k]
@@ -143,7 +169,9 @@ def plateau(times, w2) -> dict:
     last = first
     while last + 1 < len(w2) and within[last + 1]:
         last += 1
-    return {"min": float(w2[k]), "t_min": float(times[k]), "arrival": float(times[first]),
+    return {"min": float(w2[k]), "t_min": float(times[k]),
+            "arrival": crossing_time(times, w2, 2 * w2[k]),
+            "arrival_grid": float(times[first]), "concentrates": bool(w2[0] > 2 * w2[k]),
             "stays_until": float(times[last]), "initial": float(w2[0]), "final": float(w2[-1]),
             "left_plateau": bool(last + 1 < len(w2))}
 
@@ -158,17 +186,19 @@ def concentration_run(d: int, beta: float, seed: int, s: Settings) -> dict:
     eye = np.eye(d)
     proj = projection_map(X0, eye, A, eye, chunk=s.chunk)
     times = output_times(beta, s)
-    flow = SelfAttentionFlow(eye, A, eye, beta, chunk=s.chunk)
+    flow = SelfAttentionFlow(eye, A, eye, beta, chunk=s.chunk, single_exp=s.single_exp)
     t0 = time.process_time()
     sol = simulate(X0, flow, times, rtol=s.rtol, atol=s.atol)
     cpu = time.process_time() - t0
     Y, counts = distinct_points(proj.image, 1e-12)
+    t1 = time.process_time()
     w2 = [wasserstein2(X, Y, counts) for X in sol.states]
+    w2_cpu = time.process_time() - t1
     return {"d": d, "beta": beta, "seed": seed, "times": times.tolist(), "w2": w2,
             "projection": proj.method, "atoms": int(len(Y)), "steps": sol.steps,
             "rejected": sol.rejected, "evaluations": sol.evaluations, "cpu_s": cpu,
-            **plateau(times, w2), "_states": sol.states, "_X0": X0, "_image": proj.image,
-            "_A": A}
+            "w2_cpu_s": w2_cpu, **plateau(times, w2), "_states": sol.states, "_X0": X0,
+            "_image": proj.image, "_A": A}
 
 
 def terminal_run(seed: int, s: Settings, spectrum) -> dict:
@@ -179,8 +209,9 @@ def terminal_run(seed: int, s: Settings, spectrum) -> dict:
     V = value_matrix(seed, spectrum)
     eye = np.eye(2)
     times = np.concatenate([[0.0], np.geomspace(0.05, s.terminal_t, 30)])
-    sol = simulate(X0, SelfAttentionFlow(eye, eye, V, s.terminal_beta, chunk=s.chunk), times,
-                   rtol=s.rtol, atol=s.atol)
+    flow = SelfAttentionFlow(eye, eye, V, s.terminal_beta, chunk=s.chunk,
+                             single_exp=s.single_exp)
+    sol = simulate(X0, flow, times, rtol=s.rtol, atol=s.atol)
     return {"seed": seed, "V": V.tolist(), "spectrum": list(spectrum),
             **configuration_axes(sol.final, V), "times": times.tolist(),
             "_states": sol.states}
@@ -210,21 +241,26 @@ def big_run(s: Settings) -> dict:
     eye = np.eye(2)
     proj = projection_map(X0, eye, A, eye, chunk=s.chunk)
     times = output_times(s.big_beta, s)
-    t0, w0 = time.process_time(), time.perf_counter()
-    sol = simulate(X0, SelfAttentionFlow(eye, A, eye, s.big_beta, chunk=s.chunk), times,
-                   rtol=s.rtol, atol=s.atol)
+    load0, t0, w0 = os.getloadavg(), time.process_time(), time.perf_counter()
+    flow = SelfAttentionFlow(eye, A, eye, s.big_beta, chunk=s.chunk, single_exp=s.single_exp)
+    sol = simulate(X0, flow, times, rtol=s.rtol, atol=s.atol)
     cpu, wall = time.process_time() - t0, time.perf_counter() - w0
+    load_mid = os.getloadavg()
     rng = np.random.default_rng(1)
     subsets = [rng.choice(s.big_n, s.big_subsample, replace=False)
                for _ in range(s.big_subsamples)]
     w2 = [[wasserstein2(X[idx], proj.image[idx]) for idx in subsets] for X in sol.states]
     rms = [float(np.sqrt(((X - proj.image) ** 2).sum(axis=1).mean())) for X in sol.states]
     mean_w2 = np.mean(w2, axis=1)
+    cpu_total, wall_total = time.process_time() - t0, time.perf_counter() - w0
     return {"n": s.big_n, "beta": s.big_beta, "t_max": float(times[-1]),
             "subsample": s.big_subsample, "subsamples": s.big_subsamples,
             "times": times.tolist(), "w2_subsample_mean": mean_w2.tolist(),
             "w2_subsample_spread": np.ptp(w2, axis=1).tolist(), "rms_identity": rms,
-            "steps": sol.steps, "evaluations": sol.evaluations, "cpu_s": cpu, "wall_s": wall,
+            "steps": sol.steps, "rejected": sol.rejected, "evaluations": sol.evaluations,
+            "cpu_s": cpu, "wall_s": wall, "cpu_total_s": cpu_total, "wall_total_s": wall_total,
+            "load_start": list(load0), "load_after_integration": list(load_mid),
+            "load_end": list(os.getloadavg()),
             **plateau(times, mean_w2)}
 
 
@@ -251,7 +287,7 @@ def figure_distance(out: Path, runs, s: Settings) -> None:
         ax.set_yscale("log")
         ax.set_xlabel("t")
         ax.set_ylabel("W2(μ_t, T#μ_0)")
-        ax.set_title(f"d = {d}, n = {s.n}: mean and range over {s.seeds} seeds")
+        ax.set_title(f"d = {d}, n = {s.n}: mean and range over {len(rs)} seeds")
         ax.legend(fontsize=8)
     save(fig, out / "distance_vs_time.png")
 
@@ -343,14 +379,21 @@ def _fits(runs, s: Settings) -> dict:
         "slope"]}
     for d in s.dims:
         slopes, arr_slopes, arr_r2 = [], [], []
-        for seed in range(s.seeds):
+        seeds = seed_count(s, d)
+        for seed in range(seeds):
             rs = [next(r for r in _by(runs, d, b) if r["seed"] == seed) for b in s.betas]
             slopes.append(fit_line(np.log(s.betas), np.log([r["min"] for r in rs]))["slope"])
             f = fit_line(np.log(s.betas), [r["arrival"] for r in rs])
             arr_slopes.append(f["slope"])
             arr_r2.append(f["r2"])
-        pooled = fit_line(np.repeat(np.log(s.betas), s.seeds),
+        pooled = fit_line(np.repeat(np.log(s.betas), seeds),
                           [r["arrival"] for b in s.betas for r in _by(runs, d, b)])
+        # the same fit on the runs whose W2 falls by more than 2x (elsewhere the arrival is
+        # t = 0 by definition: the curve starts within 2x of its minimum)
+        conc = [r for b in s.betas for r in _by(runs, d, b) if r["concentrates"]]
+        pooled_conc = fit_line([math.log(r["beta"]) for r in conc],
+                               [r["arrival"] for r in conc]) \
+            if len({r["beta"] for r in conc}) >= 2 else None
         local = []
         means = [np.mean([r["min"] for r in _by(runs, d, b)]) for b in s.betas]
         for k in range(len(s.betas) - 1):
@@ -363,6 +406,9 @@ def _fits(runs, s: Settings) -> dict:
             "arrival_slope": mean_ci(arr_slopes),
             "arrival_r2": mean_ci(arr_r2),
             "arrival_fit": pooled,
+            "arrival_fit_concentrating": pooled_conc,
+            "concentrating_runs": {f"{b:g}": int(sum(r["concentrates"] for r in _by(runs, d, b)))
+                                   for b in s.betas},
             "left_plateau": {f"{b:g}": int(sum(r["left_plateau"] for r in _by(runs, d, b)))
                              for b in s.betas},
             "final_over_min": {f"{b:g}": mean_ci([r["final"] / r["min"]
@@ -384,8 +430,8 @@ def run(out: Path, quick: bool = False, settings: Settings | None = None,
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     load0, cpu0, wall0 = os.getloadavg(), time.process_time(), time.perf_counter()
-    jobs = [(d, b, seed) for d in s.dims for b in s.betas for seed in range(s.seeds)]
-    task = progress.add_task("meanfield", total=len(jobs) + 2 * s.seeds + 1) \
+    jobs = [(d, b, seed) for d in s.dims for b in s.betas for seed in range(seed_count(s, d))]
+    task = progress.add_task("meanfield", total=len(jobs) + 2 * s.terminal_seeds + 1) \
         if progress else None
 
     def tick():
@@ -396,12 +442,14 @@ def run(out: Path, quick: bool = False, settings: Settings | None = None,
     for d, b, seed in jobs:
         runs.append(concentration_run(d, b, seed, s))
         tick()
+    cpu_runs = time.process_time() - cpu0
     terms, control = [], []
-    for seed in range(s.seeds):
+    for seed in range(s.terminal_seeds):
         terms.append(terminal_run(seed, s, s.value_spectrum))
         tick()
         control.append(terminal_run(seed, s, (1.0, 1.0)))
         tick()
+    cpu_terminal = time.process_time() - cpu0 - cpu_runs
     big = big_run(s)
     tick()
     fits = _fits(runs, s)
@@ -425,6 +473,10 @@ def run(out: Path, quick: bool = False, settings: Settings | None = None,
         "big": big,
         "machine": {"load_start": list(load0), "load_end": list(os.getloadavg()),
                     "cpu_s": time.process_time() - cpu0,
+                    "cpu_concentration_s": cpu_runs,
+                    "cpu_concentration_integration_s": sum(r["cpu_s"] for r in runs),
+                    "cpu_concentration_w2_s": sum(r["w2_cpu_s"] for r in runs),
+                    "cpu_terminal_s": cpu_terminal,
                     "wall_s": time.perf_counter() - wall0, "threads": 1},
     }
     _write_npz(out / "trajectories.npz", runs, terms, control)
@@ -471,7 +523,8 @@ def readme(res: dict) -> str:
         "",
         f"Claims of {PAPER}, measured on the normalised flow "
         "ẋᵢ = V(Σⱼ softmaxⱼ(β xᵢᵀAxⱼ) xⱼ − xᵢ) (`exactformer.meanfield`, docs/meanfield.md). "
-        f"n = {s['n']} tokens, d ∈ {list(s['dims'])}, β ∈ {{{betas}}}, {s['seeds']} seeds, "
+        f"n = {s['n']} tokens, d ∈ {list(s['dims'])}, β ∈ {{{betas}}}, "
+        f"{' and '.join(f'{k} seeds (d = {d})' for d, k in zip(s['dims'], s['seeds']))}, "
         "V = I, A random SPD (condition "
         f"{s['condition']:g}); half of the tokens on the ellipsoid xᵀAx = 1, half inside. "
         "W2 is exact (POT) between the tokens at time t and the push-forward T#μ₀ of the "
@@ -486,7 +539,8 @@ def readme(res: dict) -> str:
     for d in s["dims"]:
         fd = f[str(d)]
         mins = ", ".join(f"{v:.2g}" for v in fd["plateau_min_mean"])
-        left = ", ".join(f"β={k}: {v}/{s['seeds']}" for k, v in fd["left_plateau"].items())
+        k_seeds = s["seeds"][s["dims"].index(d)]
+        left = ", ".join(f"β={k}: {v}/{k_seeds}" for k, v in fd["left_plateau"].items())
         ratio = ", ".join(f"β={k}: {v['mean']:.2g}" for k, v in fd["final_over_min"].items())
         parts.append(f"d = {d}: plateau minima {mins} (β = {betas}); runs whose W2 rises "
                      f"above 2× its minimum before t = {s['horizon']:g}·log β: {left}; "
@@ -522,18 +576,32 @@ def readme(res: dict) -> str:
                      f"{fd['arrival_fit']['intercept']:.2f} (pooled, R² = "
                      f"{fd['arrival_fit']['r2']:.2f}); per-seed slope "
                      f"{_ci(fd['arrival_slope'])}.")
+        fc = fd["arrival_fit_concentrating"]
+        conc = ", ".join(f"β={k}: {v}" for k, v in fd["concentrating_runs"].items())
+        if fc:
+            parts.append(f"Runs whose W2 falls by more than 2× ({conc}; the others arrive at "
+                         f"t = 0 by definition): arrival = {fc['slope']:.2f}·log β + "
+                         f"{fc['intercept']:.2f}, R² = {fc['r2']:.2f}.")
     lines += ["![arrival](arrival_time.png)", "",
-              "**(4) Arrival at the plateau** (first t with W2 ≤ 2 × its minimum) against "
-              "log β. " + " ".join(parts), ""]
+              "**(4) Arrival at the plateau** (first t with W2 ≤ 2 × its minimum, "
+              "interpolated between the two output times around the crossing, log W2 linear "
+              "in log t) against log β. " + " ".join(parts), ""]
     lines += [f"**Large run.** n = {big['n']}, d = 2, β = {big['beta']:g}, to t = "
-              f"{big['t_max']:.1f} = {s['horizon']:g}·log β: {big['cpu_s']:.0f} s CPU "
-              f"({big['wall_s']:.0f} s wall), {big['steps']} steps. W2 on {big['subsamples']} "
+              f"{big['t_max']:.1f} = {s['horizon']:g}·log β: {big['cpu_total_s']:.0f} s CPU "
+              f"({big['wall_total_s']:.0f} s wall, load average {big['load_start'][0]:.1f} → "
+              f"{big['load_end'][0]:.1f}), of which the integration {big['cpu_s']:.0f} s CPU "
+              f"({big['steps']} steps, {big['rejected']} rejected). W2 on {big['subsamples']} "
               f"random subsamples of {big['subsample']} tokens (same indices at time t and in "
               f"the image): minimum {big['min']:.3g} at t = {big['t_min']:.2f}, final "
               f"{big['final']:.3g}; token-wise RMS distance on all tokens (an upper bound on "
               f"W2) at the minimum time: "
               f"{big['rms_identity'][big['times'].index(big['t_min'])]:.3g}.", "",
-              f"Whole run: {m['cpu_s']:.0f} s CPU, {m['wall_s']:.0f} s wall, one thread, "
-              f"load average {m['load_start'][0]:.1f} at start, {m['load_end'][0]:.1f} at end.",
+              f"Whole run: {m['cpu_s']:.0f} s CPU (user + sys of this process), "
+              f"{m['wall_s']:.0f} s wall, one thread, load average {m['load_start'][0]:.1f} at "
+              f"start, {m['load_end'][0]:.1f} at end. CPU by part: concentration runs "
+              f"{m['cpu_concentration_s']:.0f} s (integration "
+              f"{m['cpu_concentration_integration_s']:.0f} s, exact W2 "
+              f"{m['cpu_concentration_w2_s']:.0f} s), terminal phase {m['cpu_terminal_s']:.0f} s, "
+              f"large run {big['cpu_total_s']:.0f} s.",
               ""]
     return "\n".join(lines)
