@@ -69,6 +69,7 @@ def verify_json(*args):
     result = run_cli("verify", *args, "--json")
     lines = result.stdout.splitlines()
     assert len(lines) == 1, result.stdout
+    assert result.stdout.isascii()  # prints under any encoding (δ in the certificate: \u03b4)
     doc = json.loads(lines[0], parse_constant=lambda c: pytest.fail(f"non-JSON {c}"))
     assert doc["exit_code"] == result.returncode
     return doc, result
@@ -95,6 +96,10 @@ def files(tmp_path_factory):
     tampered.blocks[-1].ff.W = tampered.blocks[-1].ff.W * 1.01
     out["tampered"] = tmp / "tampered.safetensors"
     tampered.save(out["tampered"])
+    hot = Transformer.load(out["softmax_exact"])
+    hot.temperature = float(hot.temperature) * 1e4  # far too hot: the certificate fails
+    out["hot"] = tmp / "hot.safetensors"
+    hot.save(out["hot"])
     return out
 
 
@@ -109,6 +114,7 @@ CASES = {  # name: (model, data, flags, verdict, mode)
     "classifier": ("classifier", "labels", [], "pass", "certified"),
     "tampered": ("tampered", "data", [], "fail", "certified"),
     "tampered --no-certify": ("tampered", "data", ["--no-certify"], "fail", "float"),
+    "softmax exact, tampered τ": ("hot", "data", [], "fail", "exact"),
 }
 
 
@@ -126,6 +132,9 @@ def test_json_output_matches_the_documented_schema(files, case):
     assert doc["recorded"]["verified_by"] in ("interval", "exact rational", "ball arithmetic")
     if verdict == "pass":
         assert doc["failures"] == [] and doc["n_failed_tokens"] == 0
+    elif doc["arithmetic"] == "ball arithmetic":  # stops at the first failure, names it
+        assert doc["n_failed_tokens"] is None and doc["failures_truncated"]
+        assert doc["certified"] is False and "sequence" in doc["certificate"]
     else:
         assert doc["n_failed_sequences"] > 0 and doc["failures"]
         assert all(f["error"] is None or f["error"] > f["limit"] for f in doc["failures"])

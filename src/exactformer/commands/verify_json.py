@@ -105,5 +105,6 @@ def error_document(message: str, code: int) -> dict:
 
 
 def dumps(doc: dict) -> str:
-    """One line of strict JSON."""
-    return json.dumps(doc, allow_nan=False, ensure_ascii=False)
+    """One line of strict JSON, in ASCII (δ and τ as \\u escapes): whatever stdout's encoding,
+    and a file name that is not UTF-8 (``\\udcff``), it prints and parses."""
+    return json.dumps(doc, allow_nan=False, ensure_ascii=True)
