@@ -205,9 +205,9 @@ def _commands(group=None, path=()):
 def test_every_help_names_arguments_alike():
     """Usage lines read `verify [OPTIONS] MODEL DATA` as in the README (typer wrote required
     arguments as `{MODEL}`), arguments are upper case, no flag shows a `<bool>` type, and
-    every command that prints has -q."""
+    every command that prints has -q; -h is --help everywhere."""
     for path, cmd in _commands():
-        proc = run_cli(*path, "--help")
+        proc = run_cli(*path, "-h")
         assert proc.returncode == 0, path
         usage = proc.stdout.splitlines()[0]
         assert "{" not in usage and "}" not in usage, usage

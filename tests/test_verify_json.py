@@ -236,3 +236,10 @@ def test_internal_error_is_exit_3_and_an_error_object(files, monkeypatch):
     # the next command in the same process is not in JSON mode any more
     plain = run_cli("verify", files["data"].parent / "missing.safetensors", files["data"])
     assert plain.stdout == "" and plain.returncode == 2
+
+
+def test_tolerance_in_exact_mode_is_named_as_unused(files):
+    result = run_cli("verify", files["exact"], files["data"], "--tol", "1e-3")
+    assert result.returncode == 0 and "note: --tol is for float mode" in result.stdout
+    assert "--tol" not in run_cli("verify", files["exact"], files["data"]).stdout
+    assert verify_json(files["exact"], files["data"], "--tol", "1e-3")[0]["tolerance"] == 0

@@ -63,11 +63,20 @@ class _Command(TyperCommand):
                 for piece in super().collect_usage_pieces(ctx)]
 
 
-class Typer(typer.Typer):
-    """typer.Typer whose commands are :class:`_Command` (every command module uses it)."""
+HELP_OPTIONS = {"help_option_names": ["-h", "--help"]}
 
-    def command(self, *args, cls=None, **kwargs):
-        return super().command(*args, cls=cls or _Command, **kwargs)
+
+class Typer(typer.Typer):
+    """typer.Typer whose commands are :class:`_Command` with ``-h`` as ``--help`` (every
+    command module uses it)."""
+
+    def __init__(self, *args, **kwargs):
+        kwargs.setdefault("context_settings", HELP_OPTIONS)
+        super().__init__(*args, **kwargs)
+
+    def command(self, *args, cls=None, context_settings=None, **kwargs):
+        return super().command(*args, cls=cls or _Command,
+                               context_settings=context_settings or HELP_OPTIONS, **kwargs)
 
 
 app = Typer(

@@ -139,6 +139,7 @@ def compile_cmd(
 
 
 from ..tolerances import MAX_VERIFY_TOL as MAX_TOL  # noqa: E402  (docs/limits.md)
+from ..tolerances import VERIFY_TOL as DEFAULT_TOL  # noqa: E402
 
 
 @app.command("verify",
@@ -149,7 +150,7 @@ def verify_cmd(
     data: Path = DATA,
     exact: bool = typer.Option(None, "--exact/--float",
                                help="Rational arithmetic (default: when the model is exact)."),
-    tol: float = typer.Option(1e-10, metavar="TOL", help="Float mode: largest relative error "
+    tol: float = typer.Option(DEFAULT_TOL, metavar="TOL", help="Float mode: largest relative error "
                               f"that passes, 0 … {MAX_TOL:g}."),
     certify: bool = typer.Option(True, "--certify/--no-certify",
                                  help="Float mode: prove the outputs in interval arithmetic "
@@ -174,7 +175,11 @@ def verify_cmd(
     if dataset.d != model.d:
         fail(f"{data}: tokens have d = {dataset.d} but {model_path} works on d = {model.d}")
     t1 = time.perf_counter()
-    slow = (model.exact if exact is None else exact) and dataset.n_tokens > 20_000
+    exact_mode = model.exact if exact is None else exact
+    if exact_mode and tol != DEFAULT_TOL:
+        console.print("note: --tol is for float mode; exact mode requires error 0",
+                      highlight=False)
+    slow = exact_mode and dataset.n_tokens > 20_000
     # exact mode: long runs show progress (on stderr with --json: stdout is the object alone)
     with _progress(slow and not quiet, err_console if json_output else None) as progress:
         report = exactformer.verify(model, dataset, exact=exact, tol=tol, certify=certify,
