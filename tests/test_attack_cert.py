@@ -114,9 +114,9 @@ def test_exact_error_below_float_range_is_not_zero():
 
 @pytest.mark.parametrize("scale", [1e150, 1e-150])
 def test_exact_softmax_at_scales_outside_2_64(scale):
-    """Data outside 2^±64 gets a trailing rescale block (width-0 FF, η = 2^e); the ball
-    certificate wanted snaps only after the line and refused every such model, so
-    `compile --attention softmax --exact` exited 1 at any scale beyond 1.8e±19."""
+    """Data outside 2^±64 is scaled back by the last snap (η = 2^e); the ball certificate
+    wanted snaps with η = 1 only after the line (once it refused the trailing rescale block
+    too, so `compile --attention softmax --exact` exited 1 at any scale beyond 1.8e±19)."""
     from fractions import Fraction
 
     rng = np.random.default_rng(5)
@@ -124,6 +124,7 @@ def test_exact_softmax_at_scales_outside_2_64(scale):
     targets = [rng.normal(size=(m, 3)) * scale for m in (1, 2, 2)]
     ds = ef.Dataset.from_sequences(inputs, targets)
     model = ef.compile(ds, attention="softmax", exact=True)
-    assert model.blocks[-1].kind == "rescale" and model.report.passed
-    model.blocks[-1].ff.eta *= 1 + Fraction(1, 2 ** 70)  # the rescale is part of the proof
+    assert "rescaled_by" in model.info and model.report.passed
+    assert model.blocks[-1].kind == "snap" and model.blocks[-1].ff.eta != 1
+    model.blocks[-1].ff.eta *= 1 + Fraction(1, 2 ** 70)  # the scaling is part of the proof
     assert not ef.verify(model, ds).passed

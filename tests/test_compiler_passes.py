@@ -72,6 +72,32 @@ def test_split_separates_equal_means(compact):
     assert b.blocks[-1].kind == "split ramps + broadcast"
 
 
+@pytest.mark.parametrize("exact", [False, True])
+def test_split_rounds_that_split_nothing_cost_no_block(monkeypatch, exact):
+    """Ramps that move nothing split nothing: the round is undone, point moves take over,
+    and every kept round splits, so the block count stays within 2Σm + N + 1."""
+    import exactformer.compiler.split as split
+    from exactformer import compile
+    from exactformer.compiler import strict_bound
+
+    real = split._ramps
+
+    def idle_ramps(st, todo, rng):
+        units = real(st, todo, rng)
+        return type(units)(units.U, units.b, units.W * 0)
+
+    monkeypatch.setattr(split, "_ramps", idle_ramps)
+    N = 6  # N sequences (0, a, -a): one shared token, one mean; N - 1 point-move rounds
+    A = np.random.default_rng(3).normal(size=(N, 3))
+    ds = Dataset.from_sequences([np.stack([0 * a, a, -a]) for a in A],
+                                [np.eye(3)[[k % 3]] for k in range(N)])
+    model = compile(ds, exact=exact)
+    assert model.report.passed
+    assert model.info["split_rounds"] == N - 1
+    assert not any("ramps" in b.kind for b in model.blocks)
+    assert model.n_blocks <= strict_bound(ds)
+
+
 def test_destinations_share_targets_and_find_satellites():
     ds = demo_dataset()
     a, b = _builder(ds)

@@ -51,10 +51,12 @@ def _to_arb(a: np.ndarray) -> np.ndarray:
 def _line_layer(model: Transformer):
     """(block, 'ff'|'sa') of the layer that puts every token on a line, or None.
 
-    Every layer after it must be a feed-forward layer with η = 1 (the snaps) or of width 0
-    (``x ↦ η·x``: the rescale block of data outside 2^±64, docs/limits.md).
+    Every layer after it must be a feed-forward layer with η = 1 (the snaps), of width 0
+    (``x ↦ η·x``: the rescale block), or the last snap with η = 2^e (data outside 2^±64
+    scaled back in the last snap, docs/limits.md).
     """
-    for l in range(model.n_blocks - 1, -1, -1):
+    last = model.n_blocks - 1
+    for l in range(last, -1, -1):
         b = model.blocks[l]
         if b.sa is None and b.ff is not None and b.ff.width == 0:
             continue
@@ -63,7 +65,7 @@ def _line_layer(model: Transformer):
             if s.rho == 0 and s.Vo is not None and s.Vo.shape[1] == 1:
                 return l, "sa"
             return None
-        if b.ff is not None and b.ff.eta != 1:
+        if b.ff is not None and b.ff.eta != 1 and not (l == last and b.ff.eta != 0):
             if b.ff.eta == 0 and b.ff.width == 1:
                 return l, "ff"
             return None
@@ -275,11 +277,12 @@ def _snaps(model, first_block, lam, direction, segments, targets, require_positi
     groups = [(zero, np.array(direction, dtype=object), np.arange(T))]
     for l in range(first_block, model.n_blocks):
         ff = model.blocks[l].ff
-        if ff is not None and model.blocks[l].sa is None and ff.width == 0:
-            groups = [(ff.eta * c, ff.eta * a, idx) for c, a, idx in groups]  # x ↦ η·x
-            continue
-        if ff is None or model.blocks[l].sa is not None or ff.eta != 1:
+        if ff is None or model.blocks[l].sa is not None:
             return Certificate(False, f"block {l} is not a snap layer")
+        eta = Fraction(ff.eta)  # η ≠ 1: the rescale block, or a last snap that scales back
+        if ff.width == 0:
+            groups = [(eta * c, eta * a, idx) for c, a, idx in groups]  # x ↦ η·x
+            continue
         new: dict = {}
         failed = None
         for c, a, idx in groups:
@@ -297,8 +300,10 @@ def _snaps(model, first_block, lam, direction, segments, targets, require_positi
             patterns, inverse = np.unique(on, axis=0, return_inverse=True)
             for k, pattern in enumerate(patterns):
                 units = np.flatnonzero(pattern)
-                c2 = c + ff.W[:, units] @ p0[units] if len(units) else c
-                a2 = a + ff.W[:, units] @ p1[units] if len(units) else a
+                c2, a2 = (c, a) if eta == 1 else (eta * c, eta * a)
+                if len(units):
+                    c2 = c2 + ff.W[:, units] @ p0[units]
+                    a2 = a2 + ff.W[:, units] @ p1[units]
                 key = (tuple(c2), tuple(a2))
                 members = idx[inverse.ravel() == k]
                 if key in new:

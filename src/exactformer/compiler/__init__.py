@@ -169,9 +169,13 @@ def scaled_back(model: Transformer, e: int) -> Transformer:
     """A model for data at scale 2^e from one built at scale 1: ``x ↦ 2^e·f(2^-e·x)``.
 
     The first block's translation gets η = 2^-e (it reads the data, then shifts it at scale
-    1), and one block with an FF of width 0 and η = 2^e scales the outputs back. Both are
-    exact (powers of two), so the model computes bit for bit what was compiled and verified
-    at scale 1, plus one extra block (docs/limits.md).
+    1). The last block, a snap (feed-forward only), scales its output back: η and W times
+    2^e, so ``2^e·(η·x + W·r)`` is computed as ``(2^e·η)·x + (2^e·W)·r``. Powers of two
+    commute with float rounding while no value leaves float64's normal range, so the model
+    computes bit for bit what was built at scale 1 (and the certificate checks it). When
+    that cannot be guaranteed (scaled weights out of range, |e| near float64's limits, or no
+    feed-forward-only last block) one block with an FF of width 0 and η = 2^e is appended
+    instead (docs/limits.md).
     """
     from ..model import Block, FeedForward
 
@@ -182,11 +186,30 @@ def scaled_back(model: Transformer, e: int) -> Transformer:
     down = Fraction(2) ** -e if exact else float(np.ldexp(1.0, -e))
     up = Fraction(2) ** e if exact else float(np.ldexp(1.0, e))
     first.eta = down
+    model.info["rescaled_by"] = f"2^{e}"
+    last = model.blocks[-1]
+    if last.sa is None and last.ff is not None and len(model.blocks) > 1:
+        ff = last.ff
+        if exact:
+            last.ff = FeedForward(ff.U, ff.b, ff.W * up, ff.eta * up)
+            return model
+        if abs(e) <= FOLD_EXPONENT:
+            W = np.ldexp(np.asarray(ff.W, dtype=np.float64), e)
+            eta = float(np.ldexp(float(ff.eta), e))
+            if (np.all(np.isfinite(W)) and np.isfinite(eta)
+                    and np.array_equal(np.ldexp(W, -e), ff.W)
+                    and float(np.ldexp(eta, -e)) == float(ff.eta)):
+                last.ff = FeedForward(ff.U, ff.b, W, eta)
+                return model
     d = model.d
     U, b, W = nm.zeros((0, d), exact), nm.zeros((0,), exact), nm.zeros((d, 0), exact)
     model.blocks.append(Block(FeedForward(U, b, W, up), None, "rescale"))
-    model.info["rescaled_by"] = f"2^{e}"
     return model
+
+
+FOLD_EXPONENT = 960
+"""Float mode folds 2^e into the last snap only for |e| ≤ this: values the run at scale 1
+keeps above 2^-62 (or below 2^63) relative then stay normal floats after scaling."""
 
 
 def _build(dataset, analysis, attention, compact, exact, rng, progress) -> Transformer:

@@ -12,8 +12,9 @@ direction u, thresholds near generic quantiles of the mixed classes' tokens alon
 positive Δ_i). A sequence's mean moves by ``Σ_i Δ_i·E_j[relu(⟨u, x⟩ − θ_i)]``, a generic
 function of its distribution along u, so the members of a class split all at once: a
 handful of rounds whatever N, each O(T log T). Copies of one point move alike (the ramp is
-continuous), so bookkeeping by identity is unaffected. A round that splits nothing falls
-back to the point move of one distinguishing value (progress is then guaranteed).
+continuous), so bookkeeping by identity is unaffected. A ramp round that splits nothing is
+undone (no block kept) and replaced by the point move of one distinguishing value, which
+always splits: every kept round adds a class, so there are at most N − 1 of them.
 """
 
 from __future__ import annotations
@@ -130,12 +131,18 @@ def split_classes(builder: ModelBuilder, analysis: Analysis, rng: np.random.Gene
             raise InternalError("internal: splitting sequences with equal means did not converge")
         before = len(np.unique(st.cls))
         if ramps:
+            saved = builder.checkpoint()
             builder.add_units([_ramps(st, todo, rng)], "split ramps")
+            broadcast_and_classify(builder, rng)
+            ramps = len(np.unique(st.cls)) > before
+            if not ramps:  # split nothing: undone, so every kept round splits (the bound)
+                builder.rollback(saved)
+                continue
         else:
             units, traps = _point_moves(st, analysis, todo, rng, compact)
             builder.add_units(units, "split move", traps)
-        broadcast_and_classify(builder, rng)
-        ramps = len(np.unique(st.cls)) > before  # a round that split nothing: point moves
+            broadcast_and_classify(builder, rng)
+            ramps = True
         rounds += 1
         if progress is not None:
             progress("split", rounds, None)

@@ -63,6 +63,17 @@ class ModelBuilder:
             X = self.state.X if rows is None else self.state.X[rows]
             self.state_bits = max(self.state_bits, X.bit_length())
 
+    def checkpoint(self) -> tuple:
+        """What :meth:`rollback` needs to undo the layers added after this call."""
+        st = self.state
+        cls = None if st.cls is None else st.cls.copy()
+        return st.X.copy(), cls, len(self.blocks), self.state_bits
+
+    def rollback(self, saved: tuple) -> None:
+        """Forget the blocks added since ``saved`` and restore the simulated tokens."""
+        self.state.X, self.state.cls, n_blocks, self.state_bits = saved
+        del self.blocks[n_blocks:]
+
     def add_ff(self, ff: FeedForward, kind: str) -> None:
         """Start a new block with this feed-forward layer and simulate it on every token."""
         self.blocks.append(Block(ff=ff, kind=kind))
