@@ -93,6 +93,9 @@ def sentiment(
 def meanfield(
     out: Annotated[Path, typer.Option("--out", help="Directory for PNGs, results, README.md.")],
     quick: Annotated[bool, typer.Option("--quick", help="Small n, few β (< 1 min).")] = False,
+    workers: Annotated[int, typer.Option(
+        "--workers", min=1, max=64,
+        help="Processes for the independent runs (same numbers, less wall time).")] = 1,
     quiet: bool = QUIET,
 ) -> None:
     """Softmax self-attention flow at low temperature against its hardmax limit (W2, POT).
@@ -108,7 +111,7 @@ def meanfield(
     from ..experiments import meanfield as exp
 
     with _progress() as progress:
-        r = exp.run(out, quick=quick, progress=progress)
+        r = exp.run(out, quick=quick, progress=progress, workers=workers)
     slopes = ", ".join(f"d={d}: {r['fits'][str(d)]['plateau_slope']['mean']:.2f}"
                        for d in r["settings"]["dims"])
     console.print(f"plateau slope vs β {slopes}; {r['machine']['cpu_s']:.0f} s CPU; wrote {out}",

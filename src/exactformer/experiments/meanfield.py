@@ -45,7 +45,7 @@ class Settings:
     dims: tuple[int, ...] = (2, 16)
     betas: tuple[float, ...] = (10.0, 100.0, 1000.0, 10000.0)
     seeds: tuple[int, ...] = (3, 5)  # seeds per entry of dims
-    n_times: int = 18
+    n_times: int = 16
     horizon: float = 10.0  # t_max = horizon · log β
     condition: float = 4.0  # condition number of A = QᵀK
     rtol: float = 1e-6
@@ -422,36 +422,58 @@ def _public(r: dict) -> dict:
     return {k: v for k, v in r.items() if not k.startswith("_")}
 
 
+def _job(job: tuple, s: Settings) -> dict:
+    """One independent run (``("big",)``, ``("concentration", d, β, seed)`` or
+    ``("terminal", seed, spectrum)``), with the CPU time (user + sys) of the process that
+    ran it in ``job_cpu_s``."""
+    t0 = time.process_time()
+    if job[0] == "big":
+        r = big_run(s)
+    elif job[0] == "concentration":
+        r = concentration_run(*job[1:], s)
+    else:
+        r = terminal_run(job[1], s, job[2])
+    r["job_cpu_s"] = time.process_time() - t0
+    return r
+
+
 def run(out: Path, quick: bool = False, settings: Settings | None = None,
-        progress=None) -> dict:
+        progress=None, workers: int = 1) -> dict:
     """Run everything, write the four PNGs, ``results.json``, ``trajectories.npz`` and
-    ``README.md`` into ``out``; return the results."""
+    ``README.md`` into ``out``; return the results. ``workers`` > 1 runs the independent
+    runs in that many processes (one thread each); every run is seeded, so the numbers are
+    the same, only the wall time changes."""
     s = settings or (quick_settings() if quick else Settings())
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     load0, cpu0, wall0 = os.getloadavg(), time.process_time(), time.perf_counter()
-    jobs = [(d, b, seed) for d in s.dims for b in s.betas for seed in range(seed_count(s, d))]
-    task = progress.add_task("meanfield", total=len(jobs) + 2 * s.terminal_seeds + 1) \
-        if progress else None
+    jobs = [("big",)]
+    jobs += [("concentration", d, b, seed) for d in s.dims for b in s.betas
+             for seed in range(seed_count(s, d))]
+    jobs += [("terminal", seed, spectrum) for seed in range(s.terminal_seeds)
+             for spectrum in (tuple(s.value_spectrum), (1.0, 1.0))]
+    task = progress.add_task("meanfield", total=len(jobs)) if progress else None
+    done = {}
+    if workers <= 1:
+        for job in jobs:
+            done[job] = _job(job, s)
+            if progress:
+                progress.advance(task)
+    else:  # independent runs, deterministic per job: the results do not depend on workers
+        from concurrent.futures import ProcessPoolExecutor, as_completed
 
-    def tick():
-        if progress:
-            progress.advance(task)
-
-    runs = []
-    for d, b, seed in jobs:
-        runs.append(concentration_run(d, b, seed, s))
-        tick()
-    cpu_runs = time.process_time() - cpu0
-    terms, control = [], []
-    for seed in range(s.terminal_seeds):
-        terms.append(terminal_run(seed, s, s.value_spectrum))
-        tick()
-        control.append(terminal_run(seed, s, (1.0, 1.0)))
-        tick()
-    cpu_terminal = time.process_time() - cpu0 - cpu_runs
-    big = big_run(s)
-    tick()
+        with ProcessPoolExecutor(max_workers=workers) as pool:
+            futures = {pool.submit(_job, job, s): job for job in jobs}
+            for fut in as_completed(futures):
+                done[futures[fut]] = fut.result()
+                if progress:
+                    progress.advance(task)
+    big = done[("big",)]
+    runs = [done[j] for j in jobs if j[0] == "concentration"]
+    terms = [done[j] for j in jobs if j[0] == "terminal" and j[2] != (1.0, 1.0)]
+    control = [done[j] for j in jobs if j[0] == "terminal" and j[2] == (1.0, 1.0)]
+    cpu_runs = sum(r["job_cpu_s"] for r in runs)
+    cpu_terminal = sum(r["job_cpu_s"] for r in terms + control)
     fits = _fits(runs, s)
     fits["terminal"] = {
         "abs_cos_slow": mean_ci([t["abs_cos_slow"] for t in terms]),
@@ -472,12 +494,14 @@ def run(out: Path, quick: bool = False, settings: Settings | None = None,
         "terminal_control": [_public(t) for t in control],
         "big": big,
         "machine": {"load_start": list(load0), "load_end": list(os.getloadavg()),
-                    "cpu_s": time.process_time() - cpu0,
+                    "cpu_s": time.process_time() - cpu0 + (
+                        cpu_runs + cpu_terminal + big["job_cpu_s"] if workers > 1 else 0.0),
+                    "workers": workers,
                     "cpu_concentration_s": cpu_runs,
                     "cpu_concentration_integration_s": sum(r["cpu_s"] for r in runs),
                     "cpu_concentration_w2_s": sum(r["w2_cpu_s"] for r in runs),
                     "cpu_terminal_s": cpu_terminal,
-                    "wall_s": time.perf_counter() - wall0, "threads": 1},
+                    "wall_s": time.perf_counter() - wall0, "threads_per_worker": 1},
     }
     _write_npz(out / "trajectories.npz", runs, terms, control)
     _write_text(out / "results.json", json.dumps(results, indent=1))
@@ -596,8 +620,9 @@ def readme(res: dict) -> str:
               f"{big['final']:.3g}; token-wise RMS distance on all tokens (an upper bound on "
               f"W2) at the minimum time: "
               f"{big['rms_identity'][big['times'].index(big['t_min'])]:.3g}.", "",
-              f"Whole run: {m['cpu_s']:.0f} s CPU (user + sys of this process), "
-              f"{m['wall_s']:.0f} s wall, one thread, load average {m['load_start'][0]:.1f} at "
+              f"Whole run: {m['cpu_s']:.0f} s CPU (user + sys, every process), "
+              f"{m['wall_s']:.0f} s wall, {m.get('workers', 1)} worker process(es) of one "
+              f"thread each, load average {m['load_start'][0]:.1f} at "
               f"start, {m['load_end'][0]:.1f} at end. CPU by part: concentration runs "
               f"{m['cpu_concentration_s']:.0f} s (integration "
               f"{m['cpu_concentration_integration_s']:.0f} s, exact W2 "
