@@ -81,6 +81,7 @@ def test_softmax_cli(tmp_path):
     out = tmp_path / "m.safetensors"
     proc = run_cli("compile", data, "-o", out, "--attention", "softmax", "--exact")
     assert proc.returncode == 0, proc.stderr
+    assert "nan" not in proc.stdout and "not measured (the ball-arithmetic" in proc.stdout
     proc = run_cli("verify", out, data)
     assert proc.returncode == 0 and "certified" in proc.stdout
     proc = run_cli("info", out)

@@ -93,9 +93,16 @@ def _summary(model, dataset: Dataset, report, seconds: float, title: str) -> Tab
         t.add_row("classification", f"accuracy {100 * report.accuracy:.2f} %, {C} classes "
                   f"(bound N + C + 1 = {N + C + 1} + splits)")
     t.add_row("max error", f"{report.max_abs_error:.3g} abs, {report.max_rel_error:.3g} rel")
-    t.add_row("min score margin", f"{report.min_margin:.3g}")
+    t.add_row("min score margin", _margin(report.min_margin))
     t.add_row("time", f"{seconds:.2f} s")
     return t
+
+
+def _margin(margin: float) -> str:
+    """The smallest attention score margin, or why there is none."""
+    if np.isnan(margin):  # exact softmax: the certificate works on intervals, not scores
+        return "not measured (the ball-arithmetic certificate runs no float pass)"
+    return "none (no attention layer)" if np.isinf(margin) else f"{margin:.3g}"
 
 
 @app.command("compile",
