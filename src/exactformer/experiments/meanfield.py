@@ -538,6 +538,71 @@ def _ci(x: dict, fmt: str = ".2f") -> str:
     return f"{x['mean']:{fmt}} (95 % CI [{x['ci'][0]:{fmt}}, {x['ci'][1]:{fmt}}])"
 
 
+def summary_table(res: dict) -> list[str]:
+    """The measured claims as a markdown table (one column per d), built from the results:
+    the README of the output directory and the project README's section carry it."""
+    s, f = res["settings"], res["fits"]
+    dims = s["dims"]
+    betas = ", ".join(f"{b:g}" for b in s["betas"])
+
+    def row(claim, cell, target=""):
+        return f"| {claim} | " + " | ".join(cell(f[str(d)], d) for d in dims) + f" | {target} |"
+
+    def seeds(d):
+        return s["seeds"][dims.index(d)]
+
+    def slope_cell(fd, d):
+        x = fd["plateau_slope"]
+        ok = "yes" if x["mean"] <= -0.35 else "no"
+        whole = "yes" if x["ci"][1] <= -0.35 else "no"
+        return (f"{x['mean']:.2f} [{x['ci'][0]:.2f}, {x['ci'][1]:.2f}] ({seeds(d)} seeds; "
+                f"mean ≤ −0.35: {ok}, whole CI: {whole})")
+
+    def arrival_cell(fd, d):
+        a, c = fd["arrival_fit"], fd["arrival_fit_concentrating"]
+        text = (f"{a['slope']:.2f}·log β {a['intercept']:+.2f}, R² {a['r2']:.2f}; per seed "
+                f"{fd['arrival_slope']['mean']:.2f} [{fd['arrival_slope']['ci'][0]:.2f}, "
+                f"{fd['arrival_slope']['ci'][1]:.2f}]")
+        if c:
+            text += f"; runs that concentrate only: {c['slope']:.2f}, R² {c['r2']:.2f}"
+        return text
+
+    t = f["terminal"]
+    big = res["big"]
+    lines = [
+        "| claim | " + " | ".join(f"d = {d}" for d in dims) + " | target |",
+        "|---|" + "---|" * len(dims) + "---|",
+        row(f"plateau minimum of W2, β = {betas} (mean over seeds)",
+            lambda fd, d: ", ".join(f"{v:.2g}" for v in fd["plateau_min_mean"])),
+        row("runs whose W2 falls by > 2× from t = 0",
+            lambda fd, d: ", ".join(f"{v}/{seeds(d)}" for v in fd["concentrating_runs"].values())),
+        row(f"log-log slope of the plateau vs β ({s['betas'][0]:g}…{s['betas'][-1]:g}), "
+            "95 % CI over seeds", slope_cell,
+            f"≤ −0.35 (√(log(β+1)/β): {f['reference_slope']:.2f})"),
+        row("local slopes between consecutive β",
+            lambda fd, d: ", ".join(f"{v:.2f}" for v in fd["plateau_local_slopes"])),
+        row("arrival time (W2 ≤ 2 × min, interpolated) vs log β: pooled fit; per-seed slope",
+            arrival_cell, "slope and R² reported"),
+        row(f"runs leaving the plateau (> 2 × min) before {s['horizon']:g}·log β",
+            lambda fd, d: ", ".join(f"{v}/{seeds(d)}" for v in fd["left_plateau"].values())),
+        row("final W2 / plateau minimum",
+            lambda fd, d: ", ".join(f"{v['mean']:.2g}" for v in fd["final_over_min"].values())),
+        f"| terminal phase (β = {s['terminal_beta']:g}, A = I, V = R·diag"
+        f"{tuple(s['value_spectrum'])}·Rᵀ, t = {s['terminal_t']:g}): \\|cos\\| of the late "
+        f"principal axis with V's slow eigenvector | {t['abs_cos_slow']['mean']:.2f} "
+        f"[{t['abs_cos_slow']['ci'][0]:.2f}, {t['abs_cos_slow']['ci'][1]:.2f}]; spread "
+        f"{t['spread_slow']['mean']:.2g} along it, {t['spread_fast']['mean']:.2g} across; "
+        f"V = I: {t['control_spread']['mean']:.2g} |" + " |" * (len(dims) - 1) + " |",
+        f"| n = {big['n']} run (d = 2, β = {big['beta']:g}, to t = {big['t_max']:.1f}) | "
+        f"W2 on {big['subsamples']} subsamples of {big['subsample']}: min "
+        f"{big['min']:.2g} at t = {big['t_min']:.2f}, final {big['final']:.2g}; "
+        f"{big['cpu_total_s']:.0f} s CPU, {big['wall_total_s'] / 60:.1f} min wall at load "
+        f"{big['load_start'][0]:.1f}–{big['load_end'][0]:.1f} |" + " |" * (len(dims) - 1)
+        + " ≤ 10 min |",
+    ]
+    return lines
+
+
 def readme(res: dict) -> str:
     s, f = res["settings"], res["fits"]
     big, m = res["big"], res["machine"]
@@ -555,6 +620,8 @@ def readme(res: dict) -> str:
         "initial tokens under the zero-temperature projection map. Every number below is in "
         "`results.json`; trajectories in `trajectories.npz`. "
         f"{'Quick run (pipeline check, small n).' if res['quick'] else ''}",
+        "",
+        *summary_table(res),
         "",
         "![distance](distance_vs_time.png)",
         "",
@@ -596,16 +663,16 @@ def readme(res: dict) -> str:
     parts = []
     for d in s["dims"]:
         fd = f[str(d)]
-        parts.append(f"d = {d}: arrival = {fd['arrival_fit']['slope']:.2f}·log β + "
-                     f"{fd['arrival_fit']['intercept']:.2f} (pooled, R² = "
+        parts.append(f"d = {d}: arrival = {fd['arrival_fit']['slope']:.2f}·log β "
+                     f"{fd['arrival_fit']['intercept']:+.2f} (pooled, R² = "
                      f"{fd['arrival_fit']['r2']:.2f}); per-seed slope "
                      f"{_ci(fd['arrival_slope'])}.")
         fc = fd["arrival_fit_concentrating"]
         conc = ", ".join(f"β={k}: {v}" for k, v in fd["concentrating_runs"].items())
         if fc:
             parts.append(f"Runs whose W2 falls by more than 2× ({conc}; the others arrive at "
-                         f"t = 0 by definition): arrival = {fc['slope']:.2f}·log β + "
-                         f"{fc['intercept']:.2f}, R² = {fc['r2']:.2f}.")
+                         f"t = 0 by definition): arrival = {fc['slope']:.2f}·log β "
+                         f"{fc['intercept']:+.2f}, R² = {fc['r2']:.2f}.")
     lines += ["![arrival](arrival_time.png)", "",
               "**(4) Arrival at the plateau** (first t with W2 ≤ 2 × its minimum, "
               "interpolated between the two output times around the crossing, log W2 linear "
