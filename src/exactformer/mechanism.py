@@ -92,12 +92,21 @@ def annotations(model, sequences=None) -> dict:
     return mech
 
 
+def block_runs(model) -> list[tuple[int, int, str]]:
+    """Consecutive blocks of one kind as ``(first, last, kind)`` runs (``info``, ``explain``)."""
+    runs: list[tuple[int, int, str]] = []
+    for i, k in enumerate(b.kind or "-" for b in model.blocks):
+        if runs and runs[-1][2] == k:
+            runs[-1] = (runs[-1][0], i, k)
+        else:
+            runs.append((i, i, k))
+    return runs
+
+
 def describe(model, mech: dict, max_sequences: int = 10) -> list[str]:
     """Lines for ``exactformer explain``: roles, then per sequence its mechanism."""
-    from .commands.core import _runs
-
     lines = ["blocks:"]
-    for first, last, kind in _runs([b.kind or "-" for b in model.blocks]):
+    for first, last, kind in block_runs(model):
         span = f"{first}" if first == last else f"{first}-{last}"
         lines.append(f"  {span:>11}  {kind}")
     c = mech["collapse_block"]

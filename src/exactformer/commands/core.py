@@ -209,17 +209,6 @@ def verify_cmd(
         raise typer.Exit(1)
 
 
-def _runs(kinds: list[str]) -> list[tuple[int, int, str]]:
-    """Collapse consecutive equal block kinds into (first, last, kind) runs."""
-    runs: list[tuple[int, int, str]] = []
-    for i, k in enumerate(kinds):
-        if runs and runs[-1][2] == k:
-            runs[-1] = (runs[-1][0], i, k)
-        else:
-            runs.append((i, i, k))
-    return runs
-
-
 def _recorded_claim(info: dict) -> str:
     """What the compiler proved, as recorded in the file (info shows it, verify re-proves it)."""
     method = info.get("verified_by")
@@ -246,6 +235,8 @@ def _shown(value, limit: int = 120) -> str:
 @user_errors
 def info_cmd(model_path: Path = MODEL, quiet: bool = QUIET):
     """Metadata, size and the role of every block of MODEL (-q: only check that it loads)."""
+    from ..mechanism import block_runs
+
     model = _load_model(model_path)
     t = Table(title=str(model_path), show_header=False, title_justify="left")
     t.add_column(style="bold")
@@ -276,7 +267,7 @@ def info_cmd(model_path: Path = MODEL, quiet: bool = QUIET):
     blocks = Table(title="blocks", title_justify="left")
     for col in ("blocks", "kind", "FF width", "attention rank"):
         blocks.add_column(col)
-    for first, last, kind in _runs([b.kind or "-" for b in model.blocks]):
+    for first, last, kind in block_runs(model):
         group = model.blocks[first:last + 1]
         blocks.add_row(f"{first}" if first == last else f"{first}–{last}", Text(_shown(kind, 60)),
                        _span([b.ff.width for b in group if b.ff is not None]),
