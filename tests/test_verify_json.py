@@ -243,3 +243,13 @@ def test_tolerance_in_exact_mode_is_named_as_unused(files):
     assert result.returncode == 0 and "note: --tol is for float mode" in result.stdout
     assert "--tol" not in run_cli("verify", files["exact"], files["data"]).stdout
     assert verify_json(files["exact"], files["data"], "--tol", "1e-3")[0]["tolerance"] == 0
+
+
+def test_unknown_label_is_named_plainly(files, tmp_path):
+    payload = json.loads(files["labels"].read_text())
+    payload["labels"] = [0, 1, 7, 1]
+    other = tmp_path / "l7.json"
+    other.write_text(json.dumps(payload))
+    doc, result = verify_json(files["classifier"], other)
+    assert result.returncode == 2
+    assert doc["error"] == "sequence 2: label 7 is not one of the 2 classes (0, 1)"  # no np.int64

@@ -37,8 +37,9 @@ def class_index(labels: np.ndarray, names: np.ndarray) -> np.ndarray:
     bad = np.flatnonzero(names[idx] != labels)
     if len(bad):
         j = int(bad[0])
-        raise DatasetError(f"sequence {j}: label {labels[j]!r} is not one of the "
-                           f"{len(names)} classes")
+        shown = ", ".join(repr(n) for n in names[:8].tolist()) + (", …" if len(names) > 8 else "")
+        raise DatasetError(f"sequence {j}: label {labels[j].item()!r} is not one of the "
+                           f"{len(names)} classes ({shown})")
     return idx
 
 
