@@ -179,13 +179,30 @@ def test_main_leader_receives_the_most_attention():
     assert se.main_leader(Z[::-1], A, s) == 0
 
 
-def test_unigram_initialisation_is_the_mean_pooled_bag_of_words():
+def test_nb_log_ratios_on_a_hand_made_case():
+    # word 2 in both positives, word 3 in one negative (twice: counted once), word 4 nowhere
+    encoded = [[2, 3, 3], [2], [3, 3], [4]]
+    labels = np.array([1, 1, 0, 0])
+    r = se.nb_log_ratios(encoded, labels, [0, 1, 2], 5, smoothing=1.0)
+    p = np.array([1, 1, 3, 2, 1.0])  # positives: 2 twice, 3 once, plus 1 everywhere
+    q = np.array([1, 1, 1, 2, 1.0])  # negatives (sentence 3 is not in idx): 3 once
+    expected = np.log(p / p.sum()) - np.log(q / q.sum())
+    assert r[se.PAD] == 0.0 and np.allclose(r[1:], expected[1:])
+    assert r[2] > 0 and r[4] == pytest.approx(np.log(q.sum() / p.sum()))
+
+
+@pytest.mark.parametrize("nb_smoothing", [None, 1.0])
+def test_unigram_initialisation_is_the_mean_pooled_bag_of_words(nb_smoothing):
     torch = pytest.importorskip("torch")
     rng = np.random.default_rng(0)
     encoded = [rng.integers(1, 30, rng.integers(1, 9)).tolist() for _ in range(200)]
     labels = np.array([int(sum(s) > 15 * len(s)) for s in encoded])
-    init = se.UnigramInit.fit(encoded, labels, np.arange(200), 30, 1e-4)
+    init = se.UnigramInit.fit(encoded, labels, np.arange(200), 30, 1e-4, nb_smoothing)
     X = se.term_frequencies(encoded, 30)
+    if nb_smoothing is not None:  # c = (regression on tf ⊙ r) ⊙ r
+        r = se.nb_log_ratios(encoded, labels, np.arange(200), 30, nb_smoothing)
+        theta = se.fit_logistic(X.multiply(r[None, :]).tocsr(), labels, 1e-4)
+        assert np.allclose(init.c[1:], theta[1:-1] * r[1:]) and init.b == theta[-1]
     assert np.allclose(X.sum(axis=1), 1.0)
     for dim in [2, 16]:
         s = se.quick_settings()
@@ -200,7 +217,20 @@ def test_unigram_initialisation_is_the_mean_pooled_bag_of_words():
     assert 0.5 < init.accuracy(encoded, labels, np.arange(200)) <= 1.0
 
 
-def test_search_picks_the_best_validation_epoch():
+def test_one_standard_error_rule():
+    table = [{"config": {"a": 0}, "val_acc": [0.70, 0.74, 0.80]},
+             {"config": {"a": 1}, "val_acc": [0.70, 0.79, 0.60]}]
+    # best 0.80 on 100 sentences: se = 0.04; within it 0.79 (1 epoch) beats 0.80 (2 epochs)
+    c = se.one_standard_error_choice(table, 100)
+    assert c["standard_error"] == pytest.approx(0.04) and c["best_val_acc"] == 0.80
+    assert (c["row"], c["epochs"], c["val_acc"]) == (1, 1, 0.79)
+    # 0 epochs within the noise: the bag of words is kept (first configuration)
+    assert se.one_standard_error_choice(table, 16)["epochs"] == 0  # se = 0.1
+    # a large validation part: only the maximum qualifies
+    assert se.one_standard_error_choice(table, 10**6)["epochs"] == 2
+
+
+def test_search_applies_the_rule_to_every_epoch_of_every_configuration():
     pytest.importorskip("torch")
     rng = np.random.default_rng(1)
     pos, neg, noise = [2, 3, 4], [5, 6, 7], list(range(8, 20))
@@ -214,31 +244,49 @@ def test_search_picks_the_best_validation_epoch():
     init = se.UnigramInit.fit(encoded, labels, split.train, 20, 1e-4)
     s = se.quick_settings()
     s.epochs = 1
-    config, epochs, table = se.select_on_validation(s, {"alpha": (0.3, 1.0)}, 20, encoded,
+    config, choice, table = se.select_on_validation(s, {"alpha": (0.3, 1.0)}, 20, encoded,
                                                     labels, split, init)
     assert [row["config"] for row in table] == [{"alpha": 0.3}, {"alpha": 1.0}]
     assert all(len(row["val_acc"]) == 2 for row in table)
-    best = max(max(row["val_acc"]) for row in table)
-    k = [row["config"] for row in table].index(config)
-    assert table[k]["val_acc"][epochs] == best
+    # 0 epochs is the bag of words whatever the configuration
+    assert table[0]["val_acc"][0] == table[1]["val_acc"][0]
+    assert choice == {**se.one_standard_error_choice(table, len(split.val)),
+                      "row": choice["row"]}
+    assert table[choice["row"]]["config"] == config
 
 
 def test_results_table_is_generated_from_the_results():
     def col(values):
         return se.summarize(values)
 
+    rates = [{"leader_in_top10": 0.6, "prediction_agrees_with_leader": 0.8,
+              "chance_in_top10": 0.2, "chance_agrees": 0.5},
+             {"leader_in_top10": 0.5, "prediction_agrees_with_leader": 0.7,
+              "chance_in_top10": 0.3, "chance_agrees": 0.54}]
     r = {"seeds": [0, 1], "model": col([0.78, 0.76]), "model_val": col([0.77, 0.75]),
+         "epochs_chosen": col([0, 3]),
          "unigram": col([0.77, 0.75]), "bigram": col([0.76, 0.79]),
          "unigram_mean_pooled": col([0.775, 0.755]),
          "model_minus_unigram": se.paired_difference([0.78, 0.76], [0.77, 0.75]),
-         "leader_in_top10": col([0.6, 0.5]), "prediction_agrees_with_leader": col([0.8, 0.7]),
-         "chance": {"in_top10": 0.25, "agrees": 0.52}}
+         **se.leader_summary(rates), "trained_attention": None}
+    assert r["chance"] == pytest.approx({"in_top10": 0.25, "agrees": 0.52})
     table = se.results_table(r)
     lines = table.splitlines()
-    assert lines[0].startswith("| seed | model (test) |")
-    assert lines[2].startswith("| 0 | 0.780 | 0.770 | 0.770 | 0.760 | 0.775 | 0.010 | 0.600")
-    assert lines[4].startswith("| mean | 0.770 |")
-    assert "+0.0100" in table and "chance" in table.lower()
+    assert lines[0].startswith("| seed | model (test) | validation | epochs chosen |")
+    assert lines[2].startswith("| 0 | 0.780 | 0.770 | 0 | 0.770 | 0.760 | 0.775 | 0.010 | 0.600")
+    assert lines[3].startswith("| 1 | 0.760 | 0.750 | 3 |")
+    assert lines[4].startswith("| mean | 0.770 | 0.760 | 1.5 |")
+    assert "+0.0100" in table and "chance" in table.lower() and "trained" not in table
+    # with the trained-attention diagnostic: its accuracy, rates and paired difference
+    r["trained_attention"] = {
+        "test_acc": col([0.77, 0.74]), **se.leader_summary(rates[::-1]),
+        "minus_attention_off": se.paired_difference([0.77, 0.74], [0.775, 0.755])}
+    lines = se.results_table(r).splitlines()
+    assert lines[0].endswith("| trained attention (test) | its leader in top 10 % |"
+                             " agrees with its leader |")
+    assert lines[2].endswith("| 0.010 | 0.770 | 0.500 | 0.700 |")
+    assert any(x.startswith("Paired difference trained attention − attention off: -0.0100")
+               for x in lines)
 
 
 @pytest.mark.slow
@@ -262,11 +310,17 @@ def test_quick_run_through_the_cli(tmp_path):
     for e in r["per_seed"]:
         assert 0.0 <= e["test_acc"] <= 1.0 and 0.5 < e["baseline"] <= 1.0
         assert e["sizes"]["train"] + e["sizes"]["val"] + e["sizes"]["test"] == 2000
-        # the chosen configuration and epoch count are the validation maximum
+        # the chosen configuration and epoch count follow the one-standard-error rule
         row = next(t for t in e["search"] if t["config"] == {
             k: v for k, v in e["chosen"].items() if k != "epochs"})
         assert e["val_acc"] == row["val_acc"][e["chosen"]["epochs"]]
-        assert e["val_acc"] == max(max(t["val_acc"]) for t in e["search"])
+        rule = se.one_standard_error_choice(e["search"], e["sizes"]["val"])
+        assert e["chosen"]["epochs"] == rule["epochs"] and e["val_acc"] == rule["val_acc"]
+        assert e["val_acc"] >= max(max(t["val_acc"]) for t in e["search"]) - rule[
+            "standard_error"]
+        t = e["trained_attention"]
+        assert t["epochs"] >= 1 and t["val_acc"] == max(max(x["val_acc"][1:])
+                                                        for x in e["search"])
         assert 0.0 <= e["leaders"]["leader_in_top10"] <= 1.0
     assert r["settings"]["quick"] and "straight-through" in r["training"]
     for name in ["sentences.html", "leaders_per_class.png", "embeddings_pca.png"]:
