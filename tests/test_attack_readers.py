@@ -163,3 +163,40 @@ def test_model_info_with_a_duplicate_key(exact_model, tmp_path):
     data, model = exact_model
     bad = _edit_metadata(model, tmp_path / "b.safetensors", info='{"seed": 0, "seed": 1}')
     one_line_error(cli("info", bad), 2, 'duplicate key "seed"')
+
+
+# -- 4. a dataset that is small on disk and large in memory: a note before the work ------
+@pytest.fixture
+def large(tmp_path, monkeypatch):
+    """A dataset over the (lowered) LARGE_TOKENS threshold: two sequences of equal tokens
+    with different targets, refused by rule (i) after it is read."""
+    from exactformer import dataset
+
+    monkeypatch.setattr(dataset, "LARGE_TOKENS", 4000)
+    path = tmp_path / "big.npz"
+    np.savez(path, inputs=np.zeros((4000, 2)), input_lengths=[2000, 2000],
+             outputs=[[0.0, 0.0], [1.0, 1.0]], output_lengths=[1, 1])
+    return path
+
+
+def test_a_large_dataset_gets_a_note_first(large, tmp_path):
+    result = cli("compile", large, "-o", tmp_path / "m.safetensors")
+    lines = result.stderr.strip().splitlines()
+    assert result.exit_code == 2 and len(lines) == 2, result.stderr
+    assert lines[0].startswith("note: ") and "4,000 input tokens in d = 2" in lines[0], lines
+    assert lines[1].startswith("error: ") and "rule i" in lines[1], lines
+    one_line_error(cli("compile", large, "-o", tmp_path / "m.safetensors", "-q"), 2, "rule i")
+
+
+def test_the_note_comes_before_the_arrays_are_read(large, tmp_path):
+    """A member whose data is corrupt (its CRC fails only once it is read in full): the note
+    is printed from the headers, then the error."""
+    raw = bytearray(large.read_bytes())
+    at = raw.index(b"inputs.npy") + 40_000  # in the data, beyond zipfile's first read
+    raw[at] ^= 0xFF
+    large.write_bytes(bytes(raw))
+    result = cli("compile", large, "-o", tmp_path / "m.safetensors")
+    lines = result.stderr.strip().splitlines()
+    assert result.exit_code == 2 and len(lines) == 2, result.stderr
+    assert lines[0].startswith("note: ") and lines[1].startswith("error: "), lines
+    assert "'inputs' is not a readable array" in lines[1], lines

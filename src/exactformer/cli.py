@@ -330,6 +330,14 @@ def main() -> None:
         sys.exit(0)
 
 
+def note(message: str) -> None:
+    """One ``note:`` line on stderr, not with ``-q``: a fact worth knowing before long work."""
+    if not console.quiet:
+        err_console.print(f"note: {message}", highlight=False, markup=False, soft_wrap=True)
+
+
 from .commands import register_all  # noqa: E402  (commands import `app` from this module)
+from .dataset import set_note_sink  # noqa: E402
 
 register_all()
+set_note_sink(note)  # readers say when a dataset is large (docs/limits.md)

@@ -189,7 +189,10 @@ _KINDS = {  # member → accepted dtype kinds (f float, i/u integer, U text)
     "input_lengths": "iu", "output_lengths": "iu", "labels": "iuU",
 }
 _KIND_NAMES = {"fiu": "real numbers", "iu": "integers", "iuU": "integers or names"}
-_LOAD_FACTOR = 4  # float64 copies alive while a dataset is read and compiled (estimate)
+_LOAD_FACTOR = 8
+"""Float64 copies of the data alive while a dataset is read and compiled (an estimate):
+reading and validating 10⁸ tokens peaked at 7.4× (docs/limits.md), a compact compile of 10⁶
+tokens at 8.6× (README, Performance)."""
 
 
 def available_memory() -> int | None:
@@ -213,6 +216,37 @@ def _bytes(n: float) -> str:
             return f"{n:.3g} {unit}"
         n /= 1000
     return f"{n:.3g} ZB"
+
+
+LARGE_TOKENS = 10**6
+"""From this many input tokens on, reading a dataset sends a size note (:func:`set_note_sink`)."""
+
+_note_sink = None
+
+
+def set_note_sink(sink) -> None:
+    """Where readers send one-line notes (``sink(message)``), e.g. the CLI's ``note:`` line on
+    stderr; ``None`` (the default, the Python API): no notes."""
+    global _note_sink
+    _note_sink = sink
+
+
+def _size_note(path, tokens: int, d: int, needed: int) -> None:
+    """A dataset of LARGE_TOKENS or more: say so before the long work (docs/limits.md).
+
+    A compressed .npz of 1.5 MB can declare 10⁸ tokens: it fits in memory, so nothing is
+    refused, but every command on it runs for minutes; the note gives the sizes up front.
+    """
+    if _note_sink is None or tokens < LARGE_TOKENS:
+        return
+    try:
+        on_disk = f", {_bytes(Path(path).stat().st_size)} on disk"
+    except OSError:
+        on_disk = ""
+    _note_sink(f"{path}: a large dataset, {tokens:,} input tokens in d = {d} "
+               f"({_bytes(8 * tokens * d)} as float64{on_disk}): expect a long run and about "
+               f"{_bytes(needed)} of memory or more (README, Performance: 10⁶ tokens take tens "
+               "of seconds to compile)")
 
 
 def check_memory(path, needed: int, what: str, error: type[Exception] = DatasetError) -> None:
@@ -287,6 +321,9 @@ def _npz_arrays(path: Path) -> dict[str, np.ndarray]:
                 raise DatasetError(f"{path}: member '{key}' is truncated or corrupt (its header "
                                    f"declares shape {shape}, the member holds "
                                    f"{_bytes(info.file_size)} instead of {_bytes(size)})")
+        shape = headers["inputs"][1] if "inputs" in headers else ()
+        if len(shape) == 2:  # before decompressing: the size of what is coming
+            _size_note(path, shape[0], shape[1], needed)
         arrays = {}
         for key, (info, _, _) in headers.items():
             try:
@@ -481,6 +518,7 @@ def _load(path: Path, require_targets: bool) -> Dataset:
     suffix = path.suffix.lower()
     if suffix == ".json":
         ds = _from_json(path, require_targets)
+        _size_note(path, ds.n_tokens, ds.d, 8 * _LOAD_FACTOR * ds.n_tokens * ds.d)
     elif suffix == ".npz":
         ds = _from_npz(path, require_targets)
     elif suffix == ".safetensors":
