@@ -98,6 +98,13 @@ def test_json_dataset_with_a_duplicate_key(tmp_path):
 
 
 @pytest.fixture
+def small_model(tmp_path):
+    data, model = _data(tmp_path), tmp_path / "m.safetensors"
+    assert cli("compile", data, "-o", model, "-q").exit_code == 0
+    return data, model
+
+
+@pytest.fixture
 def exact_model(tmp_path):
     data, model = _data(tmp_path), tmp_path / "e.safetensors"
     assert cli("compile", data, "-o", model, "--exact", "-q").exit_code == 0
@@ -200,3 +207,33 @@ def test_the_note_comes_before_the_arrays_are_read(large, tmp_path):
     assert result.exit_code == 2 and len(lines) == 2, result.stderr
     assert lines[0].startswith("note: ") and lines[1].startswith("error: "), lines
     assert "'inputs' is not a readable array" in lines[1], lines
+
+
+# -- the safetensors header itself: the library keeps one of two equal keys silently -----
+def _with_header_text(model, out, edit):
+    """A copy of ``model`` whose JSON header text is ``edit(text)`` (same tensor data)."""
+    raw = model.read_bytes()
+    n = int.from_bytes(raw[:8], "little")
+    text = edit(raw[8:8 + n].decode()).encode()
+    text += b" " * (-len(text) % 8)
+    out.write_bytes(len(text).to_bytes(8, "little") + text + raw[8 + n:])
+    return out
+
+
+@pytest.mark.parametrize("where", ["metadata", "tensor"])
+def test_safetensors_header_with_a_duplicate_key(small_model, tmp_path, where):
+    data, model = small_model
+    header = json.loads(model.read_bytes()[8:8 + int.from_bytes(model.read_bytes()[:8],
+                                                                 "little")])
+    if where == "metadata":  # a first 'attention' that the second one silently replaced
+        def edit(text):
+            at = text.index('"__metadata__":{') + len('"__metadata__":{')
+            return text[:at] + '"attention":"softmax",' + text[at:]
+        key = "attention"
+    else:
+        key = next(k for k in header if k != "__metadata__")
+
+        def edit(text):
+            return "{" + json.dumps(key) + ":" + json.dumps(header[key]) + "," + text[1:]
+    bad = _with_header_text(model, tmp_path / "b.safetensors", edit)
+    one_line_error(cli("verify", bad, data), 2, f'duplicate key "{key}"')

@@ -94,6 +94,23 @@ def _plain(path, meta: dict, key: str, form: re.Pattern, default: str | None = N
     return value
 
 
+def _check_header(path) -> None:
+    """A safetensors header that names a tensor or a metadata key twice is refused: the
+    safetensors library keeps one of the two silently (the header is ambiguous). Other
+    defects of the header are left to the library's own reader."""
+    try:
+        with open(path, "rb") as fh:
+            size = int.from_bytes(fh.read(8), "little")
+            if size > min(100_000_000, path.stat().st_size):  # the library's limit
+                return
+            json.loads(fh.read(size), object_pairs_hook=json_object)
+    except (OSError, UnicodeDecodeError, RecursionError):
+        return
+    except ValueError as exc:
+        if "duplicate key" in str(exc):
+            raise ModelFileError(f"{path}: the safetensors header gives a {exc}") from None
+
+
 def _json(text: str):
     """A metadata value as JSON, a key given twice refused (ambiguous)."""
     return json.loads(text, object_pairs_hook=json_object)
@@ -108,6 +125,7 @@ def load(path) -> Transformer:
         raise ModelFileError(f"{path}: no such file")
     if not path.is_file():  # a FIFO would block the reader forever
         raise ModelFileError(f"{path}: not a regular file")
+    _check_header(path)
     try:
         with safe_open(str(path), framework="numpy") as fh:
             meta = fh.metadata() or {}
