@@ -237,3 +237,36 @@ def test_safetensors_header_with_a_duplicate_key(small_model, tmp_path, where):
             return "{" + json.dumps(key) + ":" + json.dumps(header[key]) + "," + text[1:]
     bad = _with_header_text(model, tmp_path / "b.safetensors", edit)
     one_line_error(cli("verify", bad, data), 2, f'duplicate key "{key}"')
+
+
+# -- numbers that float64 cannot hold are not rounded silently into other numbers --------
+def _npz(path, inputs):
+    np.savez(path, inputs=inputs, input_lengths=[1, 1], outputs=[[0.0, 0.0], [1.0, 1.0]],
+             output_lengths=[1, 1])
+    return path
+
+
+@pytest.mark.parametrize("kind", ["int64", "uint64", "json", "longdouble"])
+def test_numbers_float64_would_change_are_refused(tmp_path, kind):
+    """2⁵³ and 2⁵³ + 1 are two tokens; read as float64 they were one (with two targets)."""
+    big = 2**53
+    if kind == "json":
+        path = tmp_path / "d.json"
+        path.write_text(json.dumps({"inputs": [[[big, 0]], [[big + 1, 0]]],
+                                    "outputs": [[[0, 0]], [[1, 1]]]}))
+        words = "integer 9007199254740993 is not a float64"
+    elif kind == "longdouble":
+        if np.finfo(np.longdouble).nmant <= 52:
+            pytest.skip("long double is float64 on this platform")
+        one = np.longdouble(1)
+        path = _npz(tmp_path / "d.npz", np.array([[one, 0], [one + np.finfo(one).eps, 0]]))
+        words = "more bits than float64"
+    else:
+        path = _npz(tmp_path / "d.npz", np.array([[big, 0], [big + 1, 0]], dtype=kind))
+        words = "integer 9007199254740993 is not a float64"
+    one_line_error(cli("compile", path, "-o", tmp_path / "m.safetensors", "--exact"), 2, words)
+
+
+def test_integers_that_float64_holds_are_read(tmp_path):
+    path = _npz(tmp_path / "d.npz", np.array([[2**62, 0], [-2**63, 0]], dtype=np.int64))
+    assert cli("compile", path, "-o", tmp_path / "m.safetensors", "--exact", "-q").exit_code == 0

@@ -164,8 +164,38 @@ def _as_sequence(x, what: str) -> np.ndarray:
         raise DatasetError(f"{what}: must hold real numbers, got dtype {a.dtype}")
     if a.ndim != 2:
         raise DatasetError(f"{what}: expected a 2-D (tokens, d) array, got shape {a.shape}")
-    with np.errstate(over="ignore"):
-        return a.astype(np.float64)
+    return as_float64(a, what)
+
+
+def as_float64(a: np.ndarray, what: str) -> np.ndarray:
+    """``a`` as float64, refusing values the conversion would change (docs/limits.md).
+
+    Data are read as float64 (docs/design.md §2): an integer beyond 2⁵³ that float64 cannot
+    hold (2⁵³ + 1) or a long double with more bits would silently become another number —
+    two distinct tokens could become one. Values beyond float64's range become ±inf, which
+    the finiteness check refuses with its own line.
+    """
+    with np.errstate(over="ignore", invalid="ignore"):
+        x = a.astype(np.float64)
+    if a.dtype.kind in "iu" and a.size and a.dtype.itemsize >= 8:
+        big = np.abs(x) >= 2.0**53  # below 2⁵³ every integer is a float64
+        if big.any():
+            vals, xs = a[big], x[big]
+            top = 2.0 ** (64 if a.dtype.kind == "u" else 63)
+            same = np.zeros(len(vals), dtype=bool)
+            fits = xs < top  # 2^63 (2^64) itself is beyond the integer type: not equal
+            same[fits] = xs[fits].astype(a.dtype) == vals[fits]
+            if not same.all():
+                v = int(vals[~same][0])
+                raise DatasetError(f"{what}: the integer {v} is not a float64 number (it would "
+                                   f"be read as {int(xs[~same][0])}); data are read as float64")
+    elif a.dtype.kind == "f" and a.dtype.itemsize > 8 and a.size:
+        with np.errstate(over="ignore", invalid="ignore"):
+            changed = np.isfinite(x) & (x.astype(a.dtype) != a)
+        if changed.any():
+            raise DatasetError(f"{what}: {a.dtype} values with more bits than float64 "
+                               f"(e.g. {a[changed][0]}) would be rounded; give float64 data")
+    return x
 
 
 def _split(tokens: np.ndarray, lengths: np.ndarray, what: str) -> list[np.ndarray]:
@@ -341,8 +371,7 @@ def _numeric(a: np.ndarray, path, key: str, ndim: int) -> np.ndarray:
         raise DatasetError(f"{path}: '{key}' must be {want} array, got shape {a.shape}")
     if key.endswith("lengths"):
         return a
-    with np.errstate(over="ignore", invalid="ignore"):
-        return a.astype(np.float64)
+    return as_float64(a, f"{path}: '{key}'")
 
 
 def _from_npz(path: Path, require_targets: bool = True) -> Dataset:
@@ -452,7 +481,15 @@ def _json_sequence(x, what: str) -> np.ndarray:
         if not {type(v) for v in row} <= {int, float}:
             bad = next(v for v in row if type(v) not in _JSON_NUMBER)
             raise DatasetError(f"{what}: token {k} holds {json.dumps(bad)[:40]}, not a number")
-    return np.array(x, dtype=np.float64).reshape(len(x), d)
+    a = np.array(x, dtype=np.float64).reshape(len(x), d)
+    if a.size and np.abs(a).max() >= 2.0**53:  # integers that float64 cannot hold
+        for row in x:
+            for v in row:
+                if type(v) is int and int(float(v)) != v:
+                    raise DatasetError(f"{what}: the integer {v} is not a float64 number (it "
+                                       f"would be read as {int(float(v))}); data are read as "
+                                       "float64")
+    return a
 
 
 def _json_sequences(data: dict, key: str, what: str, path) -> list[np.ndarray]:
