@@ -270,3 +270,37 @@ def test_numbers_float64_would_change_are_refused(tmp_path, kind):
 def test_integers_that_float64_holds_are_read(tmp_path):
     path = _npz(tmp_path / "d.npz", np.array([[2**62, 0], [-2**63, 0]], dtype=np.int64))
     assert cli("compile", path, "-o", tmp_path / "m.safetensors", "--exact", "-q").exit_code == 0
+
+
+# -- the mechanism annotation that `explain` indexes with --------------------------------
+@pytest.mark.parametrize("change, words", [
+    ({"collapse_block": -5}, "collapse_block"),
+    ({"collapse_block": 10**18}, "collapse_block"),
+    ({"token_destination": [[0]]}, "one entry per sequence"),
+    ({"token_destination": [[10**9] * 4, [0] * 6, [0] * 5, [0] * 3]}, "destination ids"),
+    ({"leaders": [[99], [0], [0], [0]]}, "token positions"),
+    ({"final_block": None}, "final_block"),
+    ({"final_block": [["x"] * 4, [0] * 6, [0] * 5, [0] * 3]}, "final_block of sequence 0"),
+    ({"destinations": [[["a"]]]}, "destinations"),
+    ({"version": 99}, "version 99"),
+])
+def test_explain_with_a_hostile_mechanism(small_model, tmp_path, change, words):
+    from safetensors import safe_open
+
+    data, model = small_model
+    with safe_open(str(model), framework="numpy") as fh:
+        mech = json.loads(fh.metadata()["mechanism"])
+    bad = _edit_metadata(model, tmp_path / "b.safetensors",
+                         mechanism=json.dumps({**mech, **change}))
+    one_line_error(cli("explain", bad, data, "-o", tmp_path / "e.png"), 2, words)
+    assert not (tmp_path / "e.png").exists()
+
+
+def test_explain_on_other_data_of_as_many_sequences(small_model, tmp_path):
+    """Four sequences of other lengths: the mechanism's token positions do not apply."""
+    data, model = small_model
+    other = json.loads(data.read_text())
+    other["inputs"] = [x[:1] + x for x in other["inputs"]]
+    (tmp_path / "o.json").write_text(json.dumps(other))
+    one_line_error(cli("explain", model, tmp_path / "o.json", "-o", tmp_path / "e.png"), 2,
+                   "not the data it was compiled from")

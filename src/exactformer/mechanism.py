@@ -87,6 +87,11 @@ def annotations(model, sequences=None) -> dict:
         raise ValueError("the model carries no mechanism annotation (compile it with this "
                          "version of exactformer)")
     mech = dict(mech)
+    if sequences is not None and len(sequences) == len(mech["token_destination"]):
+        for j, (x, td) in enumerate(zip(sequences, mech["token_destination"])):
+            if len(x) != len(td):
+                raise ValueError(f"its mechanism describes sequence {j} with {len(td)} tokens, "
+                                 f"the data's has {len(x)} (not the data it was compiled from)")
     if "final_block" not in mech and sequences is not None:
         mech["final_block"] = [f.tolist() for f in final_blocks(model, sequences)]
     return mech

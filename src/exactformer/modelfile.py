@@ -169,7 +169,8 @@ def load(path) -> Transformer:
         raise ModelFileError(f"{path}: metadata 'info' must be a JSON object, "
                              f"got {type(info).__name__}")
     _check_classes(path, info, d)
-    if isinstance(mechanism, dict):
+    if mechanism is not None:
+        _check_mechanism(path, mechanism, n_blocks)
         info["mechanism"] = mechanism
     _check_rational_cover(path, rational, tensors)
     if not isinstance(kinds, list) or len(kinds) != n_blocks:
@@ -245,6 +246,47 @@ def load(path) -> Transformer:
     if extra:
         raise ModelFileError(f"{path}: unexpected tensor {extra[0]} (not part of {FORMAT})")
     return Transformer(blocks, d, attention, temperature, info if isinstance(info, dict) else {})
+
+
+def _ints(v, lo: int, hi: int) -> bool:
+    """``v`` is a list of integers in ``[lo, hi)`` (not bools)."""
+    return isinstance(v, list) and all(type(i) is int and lo <= i < hi for i in v)
+
+
+def _check_mechanism(path, mech, n_blocks: int) -> None:
+    """The ``mechanism`` metadata (docs/design.md §2) is well-formed and self-consistent:
+    ``explain`` indexes blocks, tokens and destinations with it (a collapse block of -5
+    wrapped around; 10¹⁸ or a short list was an IndexError, exit 3)."""
+    def bad(what: str):
+        raise ModelFileError(f"{path}: metadata 'mechanism': {what}")
+
+    if not isinstance(mech, dict):
+        bad("must be a JSON object")
+    if mech.get("version", 1) != 1:
+        bad(f"version {str(mech['version'])[:20]} is not one this reader knows (1)")
+    c = mech.get("collapse_block")
+    if not (type(c) is int and 0 <= c < n_blocks):
+        bad(f"collapse_block must be a block of the model (0 … {n_blocks - 1})")
+    dests, target = mech.get("destinations"), mech.get("destination_target")
+    if not (isinstance(dests, list) and all(
+            isinstance(p, list) and all(type(v) in (int, float) for v in p) for p in dests)):
+        bad("destinations must be a list of points (lists of numbers)")
+    if not (_ints(target, 0, 2**63) and len(target) == len(dests)):
+        bad("destination_target must give one target id per destination")
+    leaders, token_dest = mech.get("leaders"), mech.get("token_destination")
+    final = mech.get("final_block", [])  # absent: measured on the data by explain
+    if not (isinstance(leaders, list) and isinstance(token_dest, list)
+            and len(leaders) == len(token_dest)):
+        bad("leaders and token_destination must be lists with one entry per sequence")
+    if "final_block" in mech and not (isinstance(final, list) and len(final) == len(leaders)):
+        bad("final_block must have one entry per sequence")
+    for j, (lead, td) in enumerate(zip(leaders, token_dest)):
+        if not _ints(td, 0, len(dests)):
+            bad(f"token_destination of sequence {j} must be destination ids")
+        if not _ints(lead, 0, len(td)):
+            bad(f"leaders of sequence {j} must be token positions")
+        if final and not (_ints(final[j], -1, n_blocks) and len(final[j]) == len(td)):
+            bad(f"final_block of sequence {j} must give a block (-1 … {n_blocks - 1}) per token")
 
 
 def _check_rational_cover(path, rational, tensors) -> None:
