@@ -217,6 +217,24 @@ def test_unigram_initialisation_is_the_mean_pooled_bag_of_words(nb_smoothing):
     assert 0.5 < init.accuracy(encoded, labels, np.arange(200)) <= 1.0
 
 
+def test_averaged_start_is_one_bag_of_words_and_refits_its_recipe():
+    rng = np.random.default_rng(2)
+    encoded = [rng.integers(1, 30, rng.integers(1, 9)).tolist() for _ in range(200)]
+    labels = np.array([int(sum(s) > 15 * len(s)) for s in encoded])
+    parts = ((None, 1e-4), (0.5, 1e-3))
+    idx = np.arange(150)
+    avg = se.UnigramInit.fit_average(encoded, labels, idx, 30, parts)
+    fits = [se.UnigramInit.fit(encoded, labels, idx, 30, l2, nb) for nb, l2 in parts]
+    assert np.allclose(avg.c, (fits[0].c + fits[1].c) / 2)
+    assert avg.b == pytest.approx((fits[0].b + fits[1].b) / 2)
+    assert avg.parts == parts and avg.c[se.PAD] == 0.0
+    other = np.arange(50, 200)
+    assert np.array_equal(avg.refit(encoded, labels, other, 30).c,
+                          se.UnigramInit.fit_average(encoded, labels, other, 30, parts).c)
+    assert np.array_equal(fits[1].refit(encoded, labels, other, 30).c,
+                          se.UnigramInit.fit(encoded, labels, other, 30, 1e-3, 0.5).c)
+
+
 def test_one_standard_error_rule():
     table = [{"config": {"a": 0}, "val_acc": [0.70, 0.74, 0.80]},
              {"config": {"a": 1}, "val_acc": [0.70, 0.79, 0.60]}]

@@ -13,10 +13,17 @@ scores the resulting clusters. That is what the interpretability outputs show.
 Data: sentence polarity dataset v1.0 (Pang & Lee 2005), shipped in
 ``exactformer/data/rt-polarity`` (see the README there). Per seed: 90/10 train/test split; a
 validation part carved out of the training split is used for every choice (the
-hyper-parameters of :data:`SEARCH`, the epoch count, every L2 strength), then model and
-baselines are refitted on the whole training split and the test split is evaluated once.
-Training starts from the mean-pooled unigram logistic regression (:func:`make_model`), so
-the untrained model is that bag of words and attention can only add to it.
+hyper-parameters of :data:`SEARCH`, the epoch count, the starting bag of words and every L2
+strength), then model and baselines are refitted on the whole training split and the test
+split is evaluated once. Training starts from a mean-pooled unigram logistic regression,
+plain or NB-weighted (:class:`UnigramInit`, :func:`make_model`), so the untrained model is
+that bag of words and attention can only add to it. The attention geometry is trained
+against out-of-fold polarities (``Settings.polarity_folds``) with the bag of words frozen,
+and the epoch count is chosen by the one-standard-error rule
+(:func:`one_standard_error_choice`): 0 epochs — the bag of words — unless training beats it
+on validation by more than the validation part's noise. The best trained model on
+validation is refitted and tested too, as a diagnostic (``trained_attention`` in
+``results.json``, never selected on test).
 
 Hardmax has no useful gradient, so hardmax models are trained with a straight-through
 estimator (forward: exact hardmax; backward: gradient of softmax at temperature ``τ``);
@@ -286,16 +293,21 @@ class UnigramInit:
     It is the classifier with one embedding coordinate and no attention (α = 0), so it is
     where training starts: the embedding's coordinate 0 is ``c``, the read-out is that
     coordinate, the bias ``b``. With ``nb_smoothing`` the regression is NB-weighted
-    (NBSVM's interpolation-free variant, Wang & Manning 2012): it is fitted on the features
+    (NBSVM without interpolation, Wang & Manning 2012): it is fitted on the features
     ``tf ⊙ r`` with ``r`` the naive-Bayes log-count ratios (:func:`nb_log_ratios`), and
     ``c = weights ⊙ r`` — the same classifier form, with the L2 penalty shrinking words of
-    small ``|r|`` harder. Both forms and the L2 strength are chosen on validation.
+    small ``|r|`` harder. :meth:`fit_average` averages several such regressions
+    coefficient by coefficient, which is again one ``(c, b)`` of the same form.
     """
 
     c: np.ndarray
     b: float
-    l2: float
+    l2: float | None
     nb_smoothing: float | None = None
+    #: an average: the ``(nb_smoothing, l2)`` of every part, so :meth:`refit` can redo it
+    parts: tuple = ()
+    #: out-of-fold refits already made for cross-fitted training (same for every config)
+    fold_cache: dict = field(default_factory=dict, repr=False, compare=False)
 
     @classmethod
     def fit(cls, encoded, labels, idx, n_words: int, l2: float,
@@ -310,15 +322,30 @@ class UnigramInit:
         c[PAD] = 0.0
         return cls(c=c, b=float(theta[-1]), l2=l2, nb_smoothing=nb_smoothing)
 
+    @classmethod
+    def fit_average(cls, encoded, labels, idx, n_words: int, parts) -> UnigramInit:
+        """The coefficient-wise mean of the regressions ``parts`` = ``((nb_smoothing, l2),
+        …)`` fitted on ``idx``: the sign of its logit is that of their summed logits."""
+        fits = [cls.fit(encoded, labels, idx, n_words, l2, nb) for nb, l2 in parts]
+        return cls(c=np.mean([f.c for f in fits], axis=0),
+                   b=float(np.mean([f.b for f in fits])), l2=None, parts=tuple(parts))
+
+    def refit(self, encoded, labels, idx, n_words: int) -> UnigramInit:
+        """The same recipe (L2, smoothing, average) fitted on other sentences."""
+        if self.parts:
+            return self.fit_average(encoded, labels, idx, n_words, self.parts)
+        return self.fit(encoded, labels, idx, n_words, self.l2, self.nb_smoothing)
+
     def accuracy(self, encoded, labels, idx) -> float:
         X = term_frequencies([encoded[i] for i in idx], len(self.c))
         return float(np.mean(((X @ self.c + self.b) > 0) == labels[idx]))
 
 
-#: The starting bag of words chosen on validation: (NB smoothing or None = plain, L2).
-UNIGRAM_INIT_GRID = tuple((nb, l2) for nb in (None, 0.25, 1.0)
-                          for l2 in (1e-7, 3e-7, 1e-6, 3e-6, 1e-5))
-QUICK_INIT_GRID = ((None, 1e-6), (1.0, 1e-6))
+#: The starting bag of words is the average of the plain and the NB-weighted regression,
+#: each with its L2 strength (and NB smoothing) chosen on validation.
+PLAIN_L2_GRID = (1e-7, 3e-7, 1e-6, 3e-6)
+NB_GRID = tuple((nb, l2) for nb in (0.1, 0.25, 0.5, 1.0) for l2 in (3e-7, 1e-6, 3e-6))
+QUICK_PLAIN_L2_GRID, QUICK_NB_GRID = (1e-6,), ((1.0, 1e-6),)
 
 
 def make_model(settings: Settings, vocab_size: int, init: UnigramInit | None = None):
@@ -452,9 +479,12 @@ def train_model(settings, n_words, encoded, labels, fit_idx, init=None, val_idx=
         frozen = model.embed.weight[:, 0].detach().clone()
     if settings.polarity_folds > 1 and init is not None:
         fold = rng.permutation(len(fit_idx)) % settings.polarity_folds
-        oof = np.stack([UnigramInit.fit(encoded, labels, fit_idx[fold != f], n_words, init.l2,
-                                        init.nb_smoothing).c
-                        for f in range(settings.polarity_folds)])
+        key = (np.asarray(fit_idx).tobytes(), settings.seed, settings.polarity_folds)
+        if key not in init.fold_cache:
+            init.fold_cache[key] = np.stack([
+                init.refit(encoded, labels, fit_idx[fold != f], n_words).c
+                for f in range(settings.polarity_folds)])
+        oof = init.fold_cache[key]
     loss_fn = torch.nn.BCEWithLogitsLoss()
     train_mode = "straight-through" if settings.attention == "hardmax" else "softmax"
     tr = [encoded[i] for i in fit_idx]
@@ -853,12 +883,16 @@ def run_seed(settings: Settings, texts, labels, grid: dict, on_epoch=None) -> tu
     # selection on validation: vocabulary and initialisation from the training part only
     vocab = Vocabulary.build([tokens[i] for i in split.train], settings.min_count)
     encoded = [vocab.encode(t) for t in tokens]
-    init_grid = QUICK_INIT_GRID if settings.quick else UNIGRAM_INIT_GRID
+    plain_grid = QUICK_PLAIN_L2_GRID if settings.quick else PLAIN_L2_GRID
+    nb_grid = QUICK_NB_GRID if settings.quick else NB_GRID
     init_val = {(nb, l2): UnigramInit.fit(encoded, labels, split.train, len(vocab), l2, nb)
-                .accuracy(encoded, labels, split.val) for nb, l2 in init_grid}
-    # ties: the plain regression first, then the strongest L2
-    nb, l2 = max(init_grid, key=lambda k: (init_val[k], k[0] is None, k[1]))
-    init = UnigramInit.fit(encoded, labels, split.train, len(vocab), l2, nb)
+                .accuracy(encoded, labels, split.val)
+                for nb, l2 in [(None, x) for x in plain_grid] + list(nb_grid)}
+    # ties: the strongest L2, then the largest smoothing
+    parts = tuple(max(grid_part, key=lambda k: (init_val[k], k[1], k[0] or 0))
+                  for grid_part in ([(None, x) for x in plain_grid], nb_grid))
+    init = UnigramInit.fit_average(encoded, labels, split.train, len(vocab), parts)
+    init_val["average"] = init.accuracy(encoded, labels, split.val)
     if settings.init == "random":
         init = None
     config, choice, table = select_on_validation(settings, grid, len(vocab), encoded, labels,
@@ -869,7 +903,7 @@ def run_seed(settings: Settings, texts, labels, grid: dict, on_epoch=None) -> tu
     # refit on train + validation (as the baselines do), evaluate the test split once
     vocab = Vocabulary.build([tokens[i] for i in full], settings.min_count)
     encoded = [vocab.encode(t) for t in tokens]
-    init_full = UnigramInit.fit(encoded, labels, full, len(vocab), l2, nb)
+    init_full = init.refit(encoded, labels, full, len(vocab))
     te = [encoded[i] for i in split.test]
 
     def refit_and_test(chosen: Settings) -> tuple:
@@ -918,8 +952,8 @@ def run_seed(settings: Settings, texts, labels, grid: dict, on_epoch=None) -> tu
         "baseline": base["test_acc"],
         "baseline_bigram": base2["test_acc"],
         "unigram_mean_pooled": {"test_acc": init_full.accuracy(encoded, labels, split.test),
-                                "l2": l2, "nb_smoothing": nb,
-                                "val_acc": {repr(k): v for k, v in init_val.items()}},
+                                "parts": [{"nb_smoothing": nb, "l2": l2} for nb, l2 in parts],
+                                "val_acc": {str(k): v for k, v in init_val.items()}},
         "leaders": result["leaders"],
         "trained_attention": trained,
         "sizes": {"train": len(split.train), "val": len(split.val),
