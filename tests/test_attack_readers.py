@@ -304,3 +304,15 @@ def test_explain_on_other_data_of_as_many_sequences(small_model, tmp_path):
     (tmp_path / "o.json").write_text(json.dumps(other))
     one_line_error(cli("explain", model, tmp_path / "o.json", "-o", tmp_path / "e.png"), 2,
                    "not the data it was compiled from")
+
+
+def test_train_on_a_classification_file_learns_its_classes(tmp_path):
+    """A file with labels has no outputs: train used to fit empty targets (loss 0, exit 0)."""
+    pytest.importorskip("torch")
+    path, out = tmp_path / "lab.json", tmp_path / "t.safetensors"
+    path.write_text(json.dumps({"inputs": [[[1, 2], [0, 1]], [[3, 4]]], "labels": ["a", "b"]}))
+    assert cli("train", path, "-o", out, "--epochs", "1", "-q").exit_code == 0
+    log = (tmp_path / "t.log.csv").read_text().splitlines()
+    assert float(log[1].split(",")[1]) > 0, log  # the distance to the classes' codes
+    result = cli("predict", out, path)
+    assert result.exit_code == 0 and "class " in result.stdout, result.stderr

@@ -11,6 +11,7 @@ import json
 from contextlib import contextmanager
 from pathlib import Path
 
+import numpy as np
 import typer
 
 from ..cli import (
@@ -100,7 +101,10 @@ def train_cmd(
         fail(f"--weight-decay must be >= 0, got {weight_decay}")
     if not temperature > 0:
         fail(f"--temperature must be positive, got {temperature}")
-    dataset = load_dataset(data)
+    from ..classification import resolve_targets
+
+    # a classification file: its classes' codes are the targets, as for compile --labels
+    dataset = resolve_targets(load_dataset(data))
     mode = "softmax" if attention == "softmax" else "hardmax"
     # before any allocation (a compiled model has at least --blocks blocks of --width)
     default = (6, 4) if init == "random" else (1, 1)
@@ -116,6 +120,9 @@ def train_cmd(
     else:
         net = tr.random_model(dataset.d, blocks or default[0], width or default[1], rank, mode,
                               temperature, seed)
+    if dataset.labels is not None:  # predict reads the classes from the model's info
+        net.info.update(codes=np.asarray(dataset.codes).tolist(),
+                        classes=np.asarray(dataset.classes).tolist())
     log = log or out.with_suffix(".log.csv")
     output_file(log, "--log", (".csv", ".json"), inputs=[data, out])
     cfg = tr.TrainConfig(epochs=epochs, lr=lr, weight_decay=weight_decay,
