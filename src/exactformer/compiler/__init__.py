@@ -75,11 +75,12 @@ def compile(dataset: Dataset, attention: str = "hardmax", compact: bool = False,
     t0 = time.perf_counter()
     analysis = analyse(dataset)  # validate: ids, groups, docs/design.md §3
     if not exact:
-        check_float_normal(dataset)
         check_float_separable(dataset, analysis)
         check_targets_separable(dataset)
     e = scale_exponent(dataset)
-    work = rescaled_data(dataset, e) if e else dataset
+    work = rescaled_data(dataset, e) if e else dataset  # data beyond float64's range: refused
+    if not exact:
+        check_float_normal(dataset)  # after: its remedy, --exact, must apply
     if e:
         analysis = analyse(work)  # the same ids: powers of two keep equal values equal
     failure: Exception | None = None
