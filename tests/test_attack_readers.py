@@ -316,3 +316,44 @@ def test_train_on_a_classification_file_learns_its_classes(tmp_path):
     assert float(log[1].split(",")[1]) > 0, log  # the distance to the classes' codes
     result = cli("predict", out, path)
     assert result.exit_code == 0 and "class " in result.stdout, result.stderr
+
+
+# -- memory of many short sequences: ~570 B each beyond their numbers --------------------
+def _header_only_npz(path, shapes):
+    """An .npz whose members hold only their headers (declared shapes, no data)."""
+    import io
+
+    from numpy.lib import format as npy
+
+    with zipfile.ZipFile(path, "w") as zf:
+        for name, (shape, dtype) in shapes.items():
+            buf = io.BytesIO()
+            npy.write_array_header_1_0(buf, {"descr": npy.dtype_to_descr(np.dtype(dtype)),
+                                             "fortran_order": False, "shape": shape})
+            zf.writestr(name + ".npy", buf.getvalue())
+    return path
+
+
+def test_many_sequences_count_in_the_memory_estimate(tmp_path, monkeypatch):
+    """10⁶ one-token sequences: 16 MB of numbers, but ~0.6 GB once read as sequences."""
+    from exactformer import dataset
+
+    monkeypatch.setattr(dataset, "available_memory", lambda: 500_000_000)
+    n = 10**6
+    path = _header_only_npz(tmp_path / "many.npz", {
+        "inputs": ((n, 2), "f8"), "input_lengths": ((n,), "i8"),
+        "outputs": ((n, 2), "f8"), "output_lengths": ((n,), "i8")})
+    one_line_error(cli("compile", path, "-o", tmp_path / "m.safetensors"), 2,
+                   "of memory needed, more than the 500 MB available")
+
+
+def test_json_of_many_short_sequences_counts_its_objects(tmp_path, monkeypatch):
+    """`[[0,0]]` per sequence: 64 bytes of objects per byte of JSON were measured."""
+    from exactformer import dataset
+
+    path = tmp_path / "many.json"
+    seqs = ",".join(["[[0,0]]"] * 100)
+    path.write_text(f'{{"inputs":[{seqs}],"outputs":[{seqs}]}}')
+    monkeypatch.setattr(dataset, "available_memory", lambda: 60 * path.stat().st_size)
+    one_line_error(cli("compile", path, "-o", tmp_path / "m.safetensors"), 2,
+                   "parsing this JSON file")

@@ -219,6 +219,12 @@ _KINDS = {  # member → accepted dtype kinds (f float, i/u integer, U text)
     "input_lengths": "iu", "output_lengths": "iu", "labels": "iuU",
 }
 _KIND_NAMES = {"fiu": "real numbers", "iu": "integers", "iuU": "integers or names"}
+_SEQUENCE_BYTES = 1_000
+"""Bytes per sequence beyond its numbers (two arrays, list entries, the compiler's per-sequence
+objects): reading 10⁶ one-token sequences took 570 B each (docs/limits.md)."""
+_JSON_FACTOR = 80
+"""Bytes of Python objects and arrays per byte of JSON: 64 measured for 10⁶ one-token
+sequences (`[[0,0]]`, the densest), ~10 for long sequences (docs/limits.md)."""
 _LOAD_FACTOR = 8
 """Float64 copies of the data alive while a dataset is read and compiled (an estimate):
 reading and validating 10⁸ tokens peaked at 7.4× (docs/limits.md), a compact compile of 10⁶
@@ -344,6 +350,8 @@ def _npz_arrays(path: Path) -> dict[str, np.ndarray]:
             nbytes = count * dtype.itemsize
             headers[key] = (info, tuple(shape), offset + nbytes)
             needed += count * max(8, dtype.itemsize) * (_LOAD_FACTOR if kinds == "fiu" else 1)
+            if key == "input_lengths":  # one entry per sequence: its arrays and objects
+                needed += count * _SEQUENCE_BYTES
         shapes = ", ".join(f"{k} {s}" for k, (_, s, _) in headers.items())
         check_memory(path, needed, f"the declared arrays ({shapes})")
         for key, (info, shape, size) in headers.items():
@@ -503,7 +511,7 @@ def _from_json(path: Path, require_targets: bool = True) -> Dataset:
         size = path.stat().st_size
     except OSError as exc:
         raise DatasetError(f"{path}: not a readable JSON file ({exc.strerror})") from None
-    check_memory(path, 40 * size, "parsing this JSON file")  # ~40 B of Python objects per byte
+    check_memory(path, _JSON_FACTOR * size, "parsing this JSON file")
     try:
         data = strict_json(path.read_bytes())
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
