@@ -217,6 +217,32 @@ def test_unigram_initialisation_is_the_mean_pooled_bag_of_words(nb_smoothing):
     assert 0.5 < init.accuracy(encoded, labels, np.arange(200)) <= 1.0
 
 
+def test_lsa_directions_and_the_untrained_model_with_them():
+    torch = pytest.importorskip("torch")
+    rng = np.random.default_rng(3)
+    encoded = [rng.integers(2, 25, rng.integers(2, 9)).tolist() for _ in range(120)]
+    labels = np.array([int(sum(s) > 13 * len(s)) for s in encoded])
+    V = se.lsa_directions(encoded, np.arange(120), 30, 5, seed=0)
+    assert V.shape == (30, 5) and np.allclose(np.linalg.norm(V, axis=1), 1.0)
+    assert np.array_equal(V, se.lsa_directions(encoded, np.arange(120), 30, 5, seed=0))
+    # words 2…24 occur: rows of the top-5 right singular vectors times the singular
+    # values, made unit length (each singular vector up to its sign)
+    X = se.term_frequencies(encoded, 30).toarray()
+    _, sv, vt = np.linalg.svd(X, full_matrices=False)
+    W = (vt[:5].T[2:25] * sv[:5])[:, ::-1]  # svds: ascending singular values
+    W /= np.linalg.norm(W, axis=1, keepdims=True)
+    signs = np.sign(np.sum(V[2:25] * W, axis=0))
+    assert np.allclose(V[2:25], W * signs, atol=1e-6)
+    init = se.UnigramInit.fit(encoded, labels, np.arange(120), 30, 1e-4)
+    s = se.quick_settings()
+    s.dim = 6
+    model = se.make_model(s, 30, init, V).double().eval()
+    E = model.embed.weight.detach().numpy()
+    assert np.allclose(E[1:, 1:] / np.linalg.norm(E[1:, 1:], axis=1, keepdims=True), V[1:])
+    logits = se._logits(model, encoded, "hardmax")
+    assert np.allclose(logits, X @ init.c + init.b, rtol=0, atol=1e-6)
+
+
 def test_averaged_start_is_one_bag_of_words_and_refits_its_recipe():
     rng = np.random.default_rng(2)
     encoded = [rng.integers(1, 30, rng.integers(1, 9)).tolist() for _ in range(200)]

@@ -225,6 +225,11 @@ class Settings:
     #: attention sees the bag of words' real generalisation errors; implies a frozen
     #: polarity, and B ignores coordinate 0 so the full-data bag of words can be swapped in
     polarity_folds: int = 5
+    #: where words sit for the attention scores (coordinates 1…d−1): "learned" (a random
+    #: point of the sphere, trained) or "lsa" (the direction of the word's latent semantic
+    #: vector — truncated SVD of the training sentences' term frequencies — fixed, so only
+    #: B, d² numbers, learns which words lead)
+    geometry: str = "learned"
     init: str = "unigram"  # unigram (polarity axis from the mean-pooled unigram LR) or random
     init_noise: float = 0.3  # std of the other embedding coordinates under unigram init
     subset: int | None = None  # use only this many sentences (quick mode)
@@ -233,8 +238,9 @@ class Settings:
 
 #: Hyper-parameters chosen on the validation part (every combination, every epoch count
 #: from 0 to ``Settings.epochs``); nothing is chosen on the test split.
-SEARCH = {"iterations": (1, 2), "alpha": (0.3, 1.0), "temperature": (0.3, 1.0)}
-QUICK_SEARCH = {"iterations": (1, 2)}
+SEARCH = {"geometry": ("lsa", "learned"), "iterations": (1, 2), "alpha": (0.3, 1.0),
+          "temperature": (0.3, 1.0)}
+QUICK_SEARCH = {"geometry": ("lsa", "learned")}
 
 
 def quick_settings(seed: int = 0) -> Settings:
@@ -348,7 +354,24 @@ NB_GRID = tuple((nb, l2) for nb in (0.1, 0.25, 0.5, 1.0) for l2 in (3e-7, 1e-6, 
 QUICK_PLAIN_L2_GRID, QUICK_NB_GRID = (1e-6,), ((1.0, 1e-6),)
 
 
-def make_model(settings: Settings, vocab_size: int, init: UnigramInit | None = None):
+def lsa_directions(encoded, idx, n_words: int, k: int, seed: int) -> np.ndarray:
+    """Unit vectors ``(n_words, k)``: each word's row of the rank-``k`` truncated SVD of the
+    term-frequency matrix of the sentences ``idx`` (scaled by the singular values), made
+    unit length; words absent from ``idx`` get a random direction."""
+    from scipy.sparse.linalg import svds
+
+    X = term_frequencies([encoded[i] for i in idx], n_words)
+    rng = np.random.default_rng(seed)
+    _, sv, vt = svds(X, k=k, v0=rng.standard_normal(min(X.shape)))
+    V = vt.T * sv
+    norm = np.linalg.norm(V, axis=1, keepdims=True)
+    empty = norm[:, 0] < 1e-12
+    V[empty] = rng.standard_normal((int(empty.sum()), k))
+    return V / np.linalg.norm(V, axis=1, keepdims=True)
+
+
+def make_model(settings: Settings, vocab_size: int, init: UnigramInit | None = None,
+               directions: np.ndarray | None = None):
     """The classifier as a ``torch.nn.Module`` (class defined here so torch stays lazy).
 
     With ``init``: coordinate 0 of every word's embedding is its mean-pooled unigram
@@ -358,7 +381,8 @@ def make_model(settings: Settings, vocab_size: int, init: UnigramInit | None = N
     word tie with each other, and they are the same point): every word is its own leader,
     hardmax attention leaves the sentence unchanged and the untrained model *is* the
     mean-pooled unigram classifier. Training moves away from it only as far as the number
-    of epochs chosen on validation (0 included) lets it.
+    of epochs chosen on validation (0 included) lets it. ``directions`` (unit rows, ``d−1``
+    columns, e.g. :func:`lsa_directions`) replace the random points of the sphere.
     """
     torch = require_torch()
     nn = torch.nn
@@ -378,6 +402,8 @@ def make_model(settings: Settings, vocab_size: int, init: UnigramInit | None = N
                     nn.init.normal_(self.embed.weight, std=1.0 / s.dim**0.5)
                 else:  # other coordinates: a sphere of radius init_noise·√(d−1)
                     noise = torch.randn(vocab_size, s.dim - 1)
+                    if directions is not None:
+                        noise = torch.from_numpy(directions).to(noise.dtype)
                     noise *= s.init_noise * (s.dim - 1) ** 0.5 / noise.norm(dim=1, keepdim=True)
                     self.embed.weight[:, 1:] = noise
                     self.embed.weight[:, 0] = torch.from_numpy(init.c)
@@ -468,7 +494,16 @@ def train_model(settings, n_words, encoded, labels, fit_idx, init=None, val_idx=
     torch.manual_seed(settings.seed)
     torch.set_num_threads(settings.threads)
     rng = np.random.default_rng(settings.seed)
-    model = make_model(settings, n_words, init)
+    directions = None
+    if settings.geometry == "lsa" and init is not None:
+        key = ("lsa", np.asarray(fit_idx).tobytes(), settings.dim, settings.seed)
+        if key not in init.fold_cache:
+            init.fold_cache[key] = lsa_directions(encoded, fit_idx, n_words,
+                                                  settings.dim - 1, settings.seed)
+        directions = init.fold_cache[key]
+    model = make_model(settings, n_words, init, directions)
+    if directions is not None:
+        model.embed.weight.requires_grad_(False)
     opt = torch.optim.Adam([
         {"params": [model.embed.weight], "weight_decay": settings.weight_decay},
         {"params": [model.B.weight, model.out.weight, model.out.bias], "weight_decay": 0.0},
