@@ -357,3 +357,33 @@ def test_json_of_many_short_sequences_counts_its_objects(tmp_path, monkeypatch):
     monkeypatch.setattr(dataset, "available_memory", lambda: 60 * path.stat().st_size)
     one_line_error(cli("compile", path, "-o", tmp_path / "m.safetensors"), 2,
                    "parsing this JSON file")
+
+
+@pytest.mark.parametrize("literal, words", [
+    ("1e-400", "would be read as 0"), ("2e-324", "would be read as 0"),
+    ("1e400", "beyond float64"), ("-1e400", "beyond float64"),
+])
+def test_json_decimals_beyond_float64(tmp_path, literal, words):
+    """1e-400 and 2e-400 were both read as 0 (two tokens one); 1e400 as inf ("NaN or inf")."""
+    path = tmp_path / "d.json"
+    path.write_text(f'{{"inputs": [[[{literal}, 1], [0, 0]]], "outputs": [[[0, 0]]]}}')
+    one_line_error(cli("compile", path, "-o", tmp_path / "m.safetensors", "--exact"), 2, words)
+
+
+@pytest.mark.parametrize("first, second", [("4.9e-324", "0e5"), ("1.5e308", "1.7e308")])
+def test_json_decimals_at_float64s_ends_are_read(tmp_path, first, second):
+    path = tmp_path / "d.json"
+    path.write_text(f'{{"inputs": [[[{first}, 1], [0, 0]], [[{second}, 1]]], '
+                    f'"outputs": [[[0, 0]], [[{second}, 1]]]}}')
+    assert cli("compile", path, "-o", tmp_path / "m.safetensors", "--exact", "-q").exit_code == 0
+
+
+def test_exact_weights_beyond_float64_are_a_named_limit(tmp_path):
+    """Inputs 0 and 1 beside 1.7e308: the exact model needs a weight ~2^1030, which the
+    file cannot store as float64 (was an OverflowError while converting, exit 3)."""
+    path = tmp_path / "d.json"
+    path.write_text('{"inputs": [[[1, 1], [0, 0]], [[1.7e308, 1]]], '
+                    '"outputs": [[[0, 0]], [[1, 1]]]}')
+    out = tmp_path / "m.safetensors"
+    one_line_error(cli("compile", path, "-o", out, "--exact"), 2, "beyond float64's range")
+    assert not out.exists()

@@ -8,6 +8,7 @@ lengths, or a JSON twin with nested lists. Every problem found while reading is 
 from __future__ import annotations
 
 import json
+import math
 import os
 import stat
 import tempfile
@@ -456,9 +457,10 @@ def json_object(pairs: list) -> dict:
 def strict_json(text):
     """``json.loads`` for input files: duplicate keys refused (:func:`json_object`), integer
     literals beyond float64 refused before conversion, NaN / Infinity refused. Raises a
-    ValueError (``_JsonLimit`` or ``JSONDecodeError``) or RecursionError."""
-    return json.loads(text, parse_int=_json_int, parse_constant=_json_constant,
-                      object_pairs_hook=json_object)
+    ValueError (``_JsonLimit`` or ``JSONDecodeError``) or RecursionError. Decimals beyond
+    float64's range (``1e400``, ``1e-400``) are refused too (:func:`_json_float`)."""
+    return json.loads(text, parse_int=_json_int, parse_float=_json_float,
+                      parse_constant=_json_constant, object_pairs_hook=json_object)
 
 
 def _json_int(text: str) -> int:
@@ -468,6 +470,19 @@ def _json_int(text: str) -> int:
     value = int(text)
     if abs(value) > 1.7976931348623157e308:
         raise _JsonLimit(f"integer literal {text[:12]}… is beyond float64")
+    return value
+
+
+def _json_float(text: str) -> float:
+    """A JSON decimal read as float64, refusing literals beyond its range: ``1e400`` (inf)
+    and ``1e-400`` (a non-zero number that would be read as 0)."""
+    value = float(text)
+    if value in (math.inf, -math.inf):
+        raise _JsonLimit(f"number {text[:24]} is beyond float64 (at most ~1.8e308)")
+    mantissa = text.lower().split("e")[0]
+    if value == 0 and any(c in "123456789" for c in mantissa):
+        raise _JsonLimit(f"number {text[:24]} is below float64's smallest (~4.9e-324): it "
+                         "would be read as 0")
     return value
 
 

@@ -11,6 +11,7 @@ simulated forward pass with bookkeeping by identity; the layers come from
 
 from __future__ import annotations
 
+import sys
 import time
 from fractions import Fraction
 
@@ -90,6 +91,8 @@ def compile(dataset: Dataset, attention: str = "hardmax", compact: bool = False,
             model = _build(work, analysis, attention, compact, exact, rng, progress)
             if e:
                 model = scaled_back(model, e)
+            if exact:
+                check_weights_fit_float64(model)
         except (InternalError, CompileError) as exc:  # this draw failed: try another
             failure = exc
             continue
@@ -164,6 +167,30 @@ def rescaled_data(dataset: Dataset, e: int) -> Dataset:
                 "scales within ~1e300 of each other (docs/limits.md)")
     return Dataset(inputs, targets,
                    labels=dataset.labels, codes=dataset.codes, classes=dataset.classes)
+
+
+_FLOAT_MAX = Fraction(sys.float_info.max)
+
+
+def check_weights_fit_float64(model: Transformer) -> None:
+    """Exact mode: every rational weight must have a finite float64 image (docs/limits.md).
+
+    The file stores each rational beside its float64 rounding (docs/design.md §2), so a
+    weight beyond ~1.8e308 cannot be written: data whose scale over the gap between its
+    closest distinct inputs approaches float64's range (inputs 0 and 1 next to 1.7e308)
+    needs such weights. Refused with the size, not left to overflow while converting.
+    """
+    for name, t in model.named_tensors():
+        t = np.asarray(t)
+        if t.dtype == object and t.size:
+            big = max(t.ravel(), key=abs)
+            if abs(big) > _FLOAT_MAX:
+                bits = abs(big).numerator.bit_length() - abs(big).denominator.bit_length()
+                raise DatasetError(
+                    f"the exact model needs a weight of about 2^{bits} ({name}), beyond "
+                    "float64's range (~1.8e308), which the model file stores beside every "
+                    "rational: the data's scale over the gap between its closest distinct "
+                    "values is too large; scale the data down or drop the outlier")
 
 
 def scaled_back(model: Transformer, e: int) -> Transformer:
