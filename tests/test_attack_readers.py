@@ -387,3 +387,17 @@ def test_exact_weights_beyond_float64_are_a_named_limit(tmp_path):
     out = tmp_path / "m.safetensors"
     one_line_error(cli("compile", path, "-o", out, "--exact"), 2, "beyond float64's range")
     assert not out.exists()
+
+
+def test_a_long_block_kind_is_a_short_label(small_model, tmp_path):
+    """A 10⁵-character kind: explain printed 200 kB and a matplotlib layout warning."""
+    from safetensors import safe_open
+
+    data, model = small_model
+    with safe_open(str(model), framework="numpy") as fh:
+        n = int(fh.metadata()["n_blocks"])
+    bad = _edit_metadata(model, tmp_path / "b.safetensors",
+                         block_kinds=json.dumps(["x" * 10**5] * n))
+    result = cli("explain", bad, data, "-o", tmp_path / "e.png")
+    assert result.exit_code == 0 and result.stderr == "", result.stderr
+    assert len(result.stdout) < 5000 and "x" * 59 + "…" in result.stdout

@@ -111,6 +111,17 @@ def _check_header(path) -> None:
             raise ModelFileError(f"{path}: the safetensors header gives a {exc}") from None
 
 
+KIND_CHARS = 60
+"""Block kinds are labels (``info``, ``explain``, figures): at most this many characters."""
+
+
+def _label(kind) -> str:
+    """A block kind as a printable label of at most KIND_CHARS characters (metadata is input:
+    a 10⁵-character kind made ``explain`` print 200 kB and its figure's legend overflow)."""
+    text = "".join(c if c.isprintable() else "?" for c in str(kind))
+    return text if len(text) <= KIND_CHARS else text[:KIND_CHARS - 1] + "…"
+
+
 def _json(text: str):
     """A metadata value as JSON, a key given twice refused (ambiguous)."""
     return json.loads(text, object_pairs_hook=json_object)
@@ -240,7 +251,7 @@ def load(path) -> Transformer:
                     raise ModelFileError(f"{path}: block {l} has neither sa.V nor sa.Vo/sa.Vi")
                 sa = SelfAttention(Q, K, Vo=get(p + "sa.Vo", (d, r)), Vi=get(p + "sa.Vi", (r, d)),
                                    rho=rho)
-        kind = "".join(c if c.isprintable() else "?" for c in str(kinds[l]))  # a label
+        kind = _label(kinds[l])
         blocks.append(Block(ff, sa, kind))
     extra = sorted(set(tensors) - known)
     if extra:
