@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import stat
 import tempfile
 import zipfile
@@ -302,12 +303,14 @@ def check_memory(path, needed: int, what: str, error: type[Exception] = DatasetE
         )
 
 
-def _npz_arrays(path: Path) -> dict[str, np.ndarray]:
-    """The members of an .npz that the format names, each checked by its header first.
+def npz_arrays(path: Path, wanted: dict[str, str] = _KINDS) -> dict[str, np.ndarray]:
+    """The members of an .npz that ``wanted`` names (member → accepted dtype kinds, by
+    default the dataset format's), each checked by its header first.
 
     A member's header declares dtype and shape; both are checked (kind, size consistent
     with the member, memory) before the array is allocated, so a header claiming 10¹³ rows
-    is refused in microseconds instead of failing inside numpy.
+    is refused in microseconds instead of failing inside numpy. Also the TD-TF series
+    reader's (docs/tdtf.md).
     """
     from numpy.lib import format as npy
 
@@ -325,7 +328,7 @@ def _npz_arrays(path: Path) -> dict[str, np.ndarray]:
         members = {}
         for info in zf.infolist():
             key = info.filename[:-4] if info.filename.endswith(".npy") else None
-            if key in _KINDS:
+            if key in wanted:
                 members[key] = info
         headers, needed = {}, 0
         for key, info in members.items():
@@ -341,7 +344,7 @@ def _npz_arrays(path: Path) -> dict[str, np.ndarray]:
                 raise DatasetError(f"{path}: member '{key}' is not a readable array "
                                    f"({str(exc).splitlines()[0] if str(exc) else exc!r})"
                                    ) from None
-            kinds = _KINDS[key]
+            kinds = wanted[key]
             if dtype.hasobject or dtype.kind not in kinds or dtype.fields is not None:
                 raise DatasetError(f"{path}: '{key}' must hold {_KIND_NAMES[kinds]}, "
                                    f"got dtype {dtype}")
@@ -384,7 +387,7 @@ def _numeric(a: np.ndarray, path, key: str, ndim: int) -> np.ndarray:
 
 
 def _from_npz(path: Path, require_targets: bool = True) -> Dataset:
-    arrays = _npz_arrays(path)
+    arrays = npz_arrays(path)
     has_outputs = "outputs" in arrays
     need = ["inputs", "input_lengths"] + (["outputs", "output_lengths"] if has_outputs else [])
     missing = [k for k in need if k not in arrays]
@@ -486,6 +489,39 @@ def _json_float(text: str) -> float:
     return value
 
 
+# The strict spellings of numbers in input files (docs/design.md §2, docs/tdtf.md): int(),
+# float() and Fraction() also read spaces, underscores ("1_0") and any Unicode digits ("１２"),
+# which no writer of these formats produces.
+DIGITS = re.compile(r"[0-9]+")
+DECIMAL = re.compile(r"[-+]?(?:[0-9]+\.?[0-9]*|\.[0-9]+)(?:[eE][-+]?[0-9]+)?")
+FLOAT = re.compile(DECIMAL.pattern + r"|[-+]?(?:inf|nan)")  # also repr() of inf and nan
+_SIGNED_DIGITS = re.compile(r"[-+]?[0-9]+")
+
+
+def decimal_float64(text: str) -> float:
+    """A number spelled as an ASCII decimal (:data:`DECIMAL`, e.g. a CSV cell) as float64,
+    under the JSON dataset reader's rules: an integer that float64 cannot hold (2⁵³ + 1)
+    or beyond its range, and a decimal beyond its range (``1e400``, ``1e-400``) are refused.
+    Raises ValueError: "not a number", or the reason."""
+    if not DECIMAL.fullmatch(text):
+        raise ValueError("not a number")
+    value = float(text)
+    if 0 < abs(value) < 2.0**53:  # within range, and any integer literal float64 holds
+        return value
+    if _SIGNED_DIGITS.fullmatch(text):
+        return _float64_int(_json_int(text))
+    return _json_float(text)
+
+
+def _float64_int(value: int) -> float:
+    """An integer as float64, refused when float64 would read it as another integer."""
+    x = float(value)
+    if abs(value) >= 2**53 and int(x) != value:
+        raise _JsonLimit(f"the integer {value} is not a float64 number (it would be read as "
+                         f"{int(x)}); data are read as float64")
+    return x
+
+
 def _json_constant(name: str):
     raise _JsonLimit(f"{name} is not a finite number")
 
@@ -506,12 +542,13 @@ def _json_sequence(x, what: str) -> np.ndarray:
             raise DatasetError(f"{what}: token {k} holds {json.dumps(bad)[:40]}, not a number")
     a = np.array(x, dtype=np.float64).reshape(len(x), d)
     if a.size and np.abs(a).max() >= 2.0**53:  # integers that float64 cannot hold
-        for row in x:
-            for v in row:
-                if type(v) is int and int(float(v)) != v:
-                    raise DatasetError(f"{what}: the integer {v} is not a float64 number (it "
-                                       f"would be read as {int(float(v))}); data are read as "
-                                       "float64")
+        try:
+            for row in x:
+                for v in row:
+                    if type(v) is int:
+                        _float64_int(v)
+        except _JsonLimit as exc:
+            raise DatasetError(f"{what}: {exc}") from None
     return a
 
 

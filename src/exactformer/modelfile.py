@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from . import numeric as nm
-from .dataset import check_memory, json_object, write_atomic
+from .dataset import DIGITS, FLOAT, check_memory, json_object, write_atomic
 from .errors import ModelFileError
 from .model import ATTENTIONS, FORMAT, Block, FeedForward, SelfAttention, Transformer
 
@@ -77,24 +77,23 @@ def _check_classes(path, info: dict, d: int) -> None:
                                  f"{len(codes or [])} codes once (integers or text)")
 
 
-# the strict spellings of docs/design.md §2: int(), float() and Fraction() also read spaces,
-# underscores ("1_0") and any Unicode digits ("１２"), which no writer of the format produces
-_INTEGER = re.compile(r"[0-9]+")
-_FLOAT = re.compile(r"[-+]?(?:[0-9]+\.?[0-9]*|\.[0-9]+)(?:[eE][-+]?[0-9]+)?|[-+]?(?:inf|nan)")
+# the strict spellings of docs/design.md §2 (dataset.DIGITS, dataset.FLOAT, and this one)
 _RATIONAL = re.compile(r"-?[0-9]+(?:/[0-9]+)?")
 
 
-def _plain(path, meta: dict, key: str, form: re.Pattern, default: str | None = None) -> str:
-    """``meta[key]`` (or ``default``) when it is spelled in ``form`` exactly; else one line."""
+def plain_metadata(path, meta: dict, key: str, form: re.Pattern, default: str | None = None,
+                   doc: str = "docs/design.md §2") -> str:
+    """``meta[key]`` (or ``default``) when it is spelled in ``form`` exactly; else one line
+    (``doc`` names the format's page). Also the TD-TF model reader's."""
     value = meta[key] if default is None else meta.get(key, default)
     if not form.fullmatch(value):
-        what = "a decimal integer" if form is _INTEGER else "a decimal number"
+        what = "a decimal integer" if form is DIGITS else "a decimal number"
         raise ModelFileError(f"{path}: metadata '{key}' must be {what} in ASCII digits "
-                             f"(docs/design.md §2), got {value[:40]!r}")
+                             f"({doc}), got {value[:40]!r}")
     return value
 
 
-def _check_header(path) -> None:
+def check_header(path) -> None:
     """A safetensors header that names a tensor or a metadata key twice is refused: the
     safetensors library keeps one of the two silently (the header is ambiguous). Other
     defects of the header are left to the library's own reader."""
@@ -109,6 +108,22 @@ def _check_header(path) -> None:
     except ValueError as exc:
         if "duplicate key" in str(exc):
             raise ModelFileError(f"{path}: the safetensors header gives a {exc}") from None
+
+
+def checked_tensor(path, tensors: dict, name: str, shape) -> np.ndarray:
+    """``tensors[name]``, present, float64, of ``shape`` and finite; else one line.
+    Also the TD-TF model reader's."""
+    if name not in tensors:
+        raise ModelFileError(f"{path}: missing tensor {name}")
+    t = tensors[name]
+    if t.dtype != np.float64:
+        raise ModelFileError(f"{path}: tensor {name} has dtype {t.dtype}, expected float64")
+    if tuple(t.shape) != tuple(shape):
+        raise ModelFileError(f"{path}: tensor {name} has shape {tuple(t.shape)}, "
+                             f"expected {tuple(shape)}")
+    if not np.all(np.isfinite(t)):
+        raise ModelFileError(f"{path}: tensor {name} has non-finite values")
+    return t
 
 
 KIND_CHARS = 60
@@ -136,7 +151,7 @@ def load(path) -> Transformer:
         raise ModelFileError(f"{path}: no such file")
     if not path.is_file():  # a FIFO would block the reader forever
         raise ModelFileError(f"{path}: not a regular file")
-    _check_header(path)
+    check_header(path)
     try:
         with safe_open(str(path), framework="numpy") as fh:
             meta = fh.metadata() or {}
@@ -151,9 +166,9 @@ def load(path) -> Transformer:
     if attention not in ATTENTIONS:
         raise ModelFileError(f"{path}: attention must be hardmax or softmax, got {attention!r}")
     try:
-        d = int(_plain(path, meta, "d", _INTEGER))
-        n_blocks = int(_plain(path, meta, "n_blocks", _INTEGER))
-        temperature = float(_plain(path, meta, "temperature", _FLOAT, "1.0"))
+        d = int(plain_metadata(path, meta, "d", DIGITS))
+        n_blocks = int(plain_metadata(path, meta, "n_blocks", DIGITS))
+        temperature = float(plain_metadata(path, meta, "temperature", FLOAT, "1.0"))
     except (KeyError, ValueError) as exc:
         raise ModelFileError(f"{path}: bad or missing metadata ({exc})") from None
     if d < 1 or n_blocks < 0:
@@ -190,16 +205,7 @@ def load(path) -> Transformer:
 
     def get(name, shape):
         known.add(name)
-        if name not in tensors:
-            raise ModelFileError(f"{path}: missing tensor {name}")
-        t = tensors[name]
-        if t.dtype != np.float64:
-            raise ModelFileError(f"{path}: tensor {name} has dtype {t.dtype}, expected float64")
-        if tuple(t.shape) != tuple(shape):
-            raise ModelFileError(f"{path}: tensor {name} has shape {tuple(t.shape)}, "
-                                 f"expected {tuple(shape)}")
-        if not np.all(np.isfinite(t)):
-            raise ModelFileError(f"{path}: tensor {name} has non-finite values")
+        t = checked_tensor(path, tensors, name, shape)
         if name in rational:
             bad = next((s for s in rational[name]
                         if not (isinstance(s, str) and _RATIONAL.fullmatch(s))), None)

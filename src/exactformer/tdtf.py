@@ -28,16 +28,27 @@ import copy
 import csv
 import json
 import math
+import numbers
+import re
 import time
 import warnings
-from dataclasses import asdict, dataclass, field
+import zipfile
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from .dataset import write_atomic
-from .errors import ExactformerError
+from .dataset import (
+    DIGITS,
+    as_float64,
+    check_memory,
+    decimal_float64,
+    npz_arrays,
+    strict_json,
+    write_atomic,
+)
+from .errors import DatasetError, ExactformerError, ModelFileError
 
 __all__ = [
     "SeriesError",
@@ -233,6 +244,22 @@ class TDTFConfig:
     seed: int = 0
 
     def check(self) -> None:
+        """Types first (a model file's configuration is input, docs/tdtf.md), then ranges."""
+        for f in fields(self):
+            value, kind = getattr(self, f.name), type(f.default)
+            if kind is bool:
+                ok = isinstance(value, (bool, np.bool_))
+            elif kind is int:
+                ok = isinstance(value, numbers.Integral) and not isinstance(value, (bool, np.bool_))
+            elif kind is float:
+                ok = isinstance(value, numbers.Real) and not isinstance(value, (bool, np.bool_)) \
+                    and math.isfinite(value)
+            else:
+                ok = isinstance(value, str)
+            if not ok:
+                want = {bool: "true or false", int: "an integer", float: "a finite number",
+                        str: "a name"}[kind]
+                raise SeriesError(f"{f.name} must be {want}, got {str(value)[:40]!r}")
         if self.activation not in ACTIVATIONS:
             raise SeriesError(f"activation must be one of {', '.join(ACTIVATIONS)}, "
                               f"not {self.activation!r}")
@@ -245,6 +272,26 @@ class TDTFConfig:
             raise SeriesError(f"lr must be positive, got {self.lr}")
         if self.epochs < 0 or self.patience < 1:
             raise SeriesError("epochs must be >= 0 and patience >= 1")
+        if not 0 < self.lr_min_ratio <= 1:
+            raise SeriesError(f"lr_min_ratio must lie in (0, 1], got {self.lr_min_ratio}")
+        if not 0 <= self.seed < 2**63:
+            raise SeriesError(f"seed must lie in [0, 2^63), got {self.seed}")
+
+
+WINDOW_COPIES = 3
+"""Float64 copies of every training window alive in :meth:`TDTF.fit` (the segments, their
+concatenation, the normalised copy): each time step appears in K + H windows."""
+PARAMETER_COPIES = 8
+"""Float64 copies of the parameters alive while a TD-TF is built and trained (initial draw,
+parameters, gradients, Adam's two moments, the best epoch's snapshot, slack)."""
+
+
+def parameter_shapes(d: int, cfg: TDTFConfig) -> dict[str, tuple[int, ...]]:
+    """The network's tensors and their shapes (docs/tdtf.md, Architecture), in the order
+    of their seeded initialisation; the model reader checks a file's tensors against them."""
+    K, m, a, h = cfg.window, cfg.width, cfg.attn_dim, cfg.hidden
+    return {"E": (K, m, d), "P": (K, m), "WQ": (a, m), "WK": (a, m), "beta": (K,),
+            "WV": (m, m), "W1": (h, m), "b1": (h,), "W2": (m, h), "b2": (m,), "R": (d, m)}
 
 
 class TDTFNet(torch.nn.Module):
@@ -255,27 +302,28 @@ class TDTFNet(torch.nn.Module):
 
     def __init__(self, d: int, cfg: TDTFConfig, gen: torch.Generator):
         super().__init__()
-        K, m, a, h = cfg.window, cfg.width, cfg.attn_dim, cfg.hidden
+        m, h = cfg.width, cfg.hidden
         self.cfg = cfg
+        shapes = parameter_shapes(d, cfg)
 
-        def normal(*shape, std):
-            return torch.nn.Parameter(torch.randn(*shape, generator=gen, dtype=torch.float64)
-                                      * std)
+        def normal(name, std):
+            return torch.nn.Parameter(torch.randn(*shapes[name], generator=gen,
+                                                  dtype=torch.float64) * std)
 
-        def zeros(*shape):
-            return torch.nn.Parameter(torch.zeros(*shape, dtype=torch.float64))
+        def zeros(name):
+            return torch.nn.Parameter(torch.zeros(*shapes[name], dtype=torch.float64))
 
-        self.E = normal(K, m, d, std=1 / math.sqrt(d))  # lag-specific token embedding
-        self.P = normal(K, m, std=0.1)  # learned lag vector
-        self.WQ = normal(a, m, std=1 / math.sqrt(m))
-        self.WK = normal(a, m, std=1 / math.sqrt(m))
-        self.beta = zeros(K)  # lag score bias
-        self.WV = normal(m, m, std=0.5 / math.sqrt(m))
-        self.W1 = normal(h, m, std=1 / math.sqrt(m))
-        self.b1 = zeros(h)
-        self.W2 = normal(m, h, std=0.5 / math.sqrt(h))
-        self.b2 = zeros(m)
-        self.R = normal(d, m, std=0.5 / math.sqrt(m))  # read-out of the increment
+        self.E = normal("E", std=1 / math.sqrt(d))  # lag-specific token embedding
+        self.P = normal("P", std=0.1)  # learned lag vector
+        self.WQ = normal("WQ", std=1 / math.sqrt(m))
+        self.WK = normal("WK", std=1 / math.sqrt(m))
+        self.beta = zeros("beta")  # lag score bias
+        self.WV = normal("WV", std=0.5 / math.sqrt(m))
+        self.W1 = normal("W1", std=1 / math.sqrt(m))
+        self.b1 = zeros("b1")
+        self.W2 = normal("W2", std=0.5 / math.sqrt(h))
+        self.b2 = zeros("b2")
+        self.R = normal("R", std=0.5 / math.sqrt(m))  # read-out of the increment
 
     def scores(self, h: torch.Tensor) -> torch.Tensor:
         """s_j = (W_Q h_K)·(W_K h_j)/√a + β_j, or β_j alone under the linear restriction."""
@@ -347,7 +395,13 @@ class TDTF:
 
     @classmethod
     def new(cls, d: int, cfg: TDTFConfig, mu=None, sigma=None, delta=None) -> TDTF:
+        """A TD-TF with seeded initial weights; refused before allocating when its
+        PARAMETER_COPIES float64 copies exceed the available memory (docs/tdtf.md)."""
         cfg.check()
+        n = sum(math.prod(shape) for shape in parameter_shapes(d, cfg).values())
+        check_memory(None, 8 * PARAMETER_COPIES * n, f"a TD-TF of {n:,} parameters "
+                     f"(K = {cfg.window}, width {cfg.width}, attention {cfg.attn_dim}, "
+                     f"hidden {cfg.hidden}, d = {d})", SeriesError)
         gen = torch.Generator().manual_seed(int(cfg.seed))
         net = TDTFNet(d, cfg, gen)
         ones = np.ones(d)
@@ -453,6 +507,10 @@ class TDTF:
             cut = int(round(len(s) * (1 - cfg.val_fraction)))
             tr_parts.append(s[:cut])
             va_parts.append(s[cut:])
+        rows = sum(len(s) for s in xs)
+        check_memory(None, WINDOW_COPIES * 8 * rows * (K + H) * d,
+                     f"training windows of K + H = {K + H} states over {rows:,} time steps "
+                     f"in d = {d}", SeriesError)
         tr = [segments(s, K + H) for s in tr_parts]
         va = [segments(s, K + H) for s in va_parts]
         tr = np.concatenate(tr)
@@ -488,29 +546,84 @@ class TDTF:
 
     @classmethod
     def load(cls, path) -> TDTF:
+        """Read and check a model file written by :meth:`save` (docs/tdtf.md, Model files):
+        every problem is one :class:`SeriesError` line, found before anything is built."""
+        try:
+            return cls._load(Path(path))
+        except ModelFileError as exc:  # the checks shared with exactformer's model reader
+            raise SeriesError(str(exc)) from None
+
+    @classmethod
+    def _load(cls, path: Path) -> TDTF:
         from safetensors import SafetensorError, safe_open
 
-        path = Path(path)
-        if not path.is_file():
+        from .modelfile import check_header, checked_tensor, plain_metadata
+
+        if not path.exists():
             raise SeriesError(f"{path}: no such model file")
+        if not path.is_file():  # a FIFO would block the reader forever
+            raise SeriesError(f"{path}: not a regular file")
+        check_header(path)  # a tensor or metadata key named twice
         try:
             with safe_open(str(path), framework="numpy") as fh:
                 meta = fh.metadata() or {}
                 tensors = {k: fh.get_tensor(k) for k in fh.keys()}
-        except (SafetensorError, OSError, ValueError) as exc:
+        except (SafetensorError, OSError, ValueError, TypeError) as exc:
             raise SeriesError(f"{path}: not a readable .safetensors file ({exc})") from None
         if meta.get("format") != FORMAT:
             raise SeriesError(f"{path}: not a TD-TF model (format {meta.get('format')!r}, "
                               f"expected {FORMAT!r})")
+        missing = [k for k in ("d", "config") if k not in meta]
+        if missing:
+            raise SeriesError(f"{path}: missing metadata {', '.join(missing)} (docs/tdtf.md)")
+        d = int(plain_metadata(path, meta, "d", DIGITS, doc="docs/tdtf.md"))
         try:
-            cfg = TDTFConfig(**json.loads(meta["config"]))
-            model = cls.new(int(meta["d"]), cfg, tensors.pop("mu"), tensors.pop("sigma"),
-                            tensors.pop("delta"))
-            model.net.load_state_dict({k: torch.from_numpy(v) for k, v in tensors.items()})
-            model.info = json.loads(meta.get("info", "{}"))
-        except (KeyError, TypeError, ValueError, RuntimeError) as exc:
-            raise SeriesError(f"{path}: corrupt TD-TF model file ({exc})") from None
+            config = strict_json(meta["config"])
+            info = strict_json(meta.get("info", "{}"))
+        except ValueError as exc:  # JSONDecodeError, a duplicate key, NaN, 1e400
+            raise SeriesError(f"{path}: corrupt metadata ({exc})") from None
+        except RecursionError:
+            raise SeriesError(f"{path}: corrupt metadata (JSON nested too deeply)") from None
+        if d < 1:
+            raise SeriesError(f"{path}: metadata d = {d}: a series has at least 1 variable")
+        cfg = _config(path, config)
+        if not isinstance(info, dict):
+            raise SeriesError(f"{path}: metadata 'info' must be a JSON object")
+        shapes = parameter_shapes(d, cfg)  # before building: the file's tensors bound them
+        stats = {k: checked_tensor(path, tensors, k, (d,)) for k in ("mu", "sigma", "delta")}
+        weights = {k: checked_tensor(path, tensors, k, shape) for k, shape in shapes.items()}
+        extra = sorted(set(tensors) - set(shapes) - set(stats))
+        if extra:
+            raise SeriesError(f"{path}: unexpected tensor {extra[0][:60]!r} (not part of "
+                              f"{FORMAT})")
+        for k in ("sigma", "delta"):
+            if not np.all(stats[k] > 0):
+                raise SeriesError(f"{path}: tensor {k} must be positive (it divides the "
+                                  "states)")
+        model = cls.new(d, cfg, stats["mu"], stats["sigma"], stats["delta"])
+        model.net.load_state_dict({k: torch.from_numpy(v) for k, v in weights.items()})
+        model.info = info
         return model
+
+
+def _config(path, config) -> TDTFConfig:
+    """A model file's configuration: a JSON object with every field of TDTFConfig, each of
+    its type and range (``TDTFConfig.check``)."""
+    if not isinstance(config, dict):
+        raise SeriesError(f"{path}: metadata 'config' must be a JSON object")
+    names = [f.name for f in fields(TDTFConfig)]
+    unknown = [k for k in config if k not in names]
+    missing = [k for k in names if k not in config]
+    if unknown or missing:
+        what = (f"unknown key {unknown[0][:40]!r}" if unknown
+                else f"missing key(s) {', '.join(missing)}")
+        raise SeriesError(f"{path}: metadata 'config': {what} (docs/tdtf.md)")
+    cfg = TDTFConfig(**config)
+    try:
+        cfg.check()
+    except SeriesError as exc:
+        raise SeriesError(f"{path}: metadata 'config': {exc}") from None
+    return cfg
 
 
 def _rollout_loss(net: TDTFNet, seg: torch.Tensor, K: int, delta: torch.Tensor) -> torch.Tensor:
@@ -583,32 +696,25 @@ def load_series(path) -> np.ndarray:
     """A user's time series: ``.npz`` with array ``x`` (T, d), or CSV (optional header).
 
     Every problem is one :class:`SeriesError` line: missing file, no ``x``, wrong shape,
-    non-numeric cells, ragged rows, NaN/inf, fewer than two rows.
+    a cell that is not a plain ASCII decimal, a value float64 would change, ragged rows,
+    NaN/inf, fewer than two rows, more than the available memory (docs/tdtf.md, Series
+    files). The checks are the dataset readers' (:mod:`exactformer.dataset`).
     """
     path = Path(path)
-    if not path.is_file():
+    if not path.exists():
         raise SeriesError(f"{path}: no such file")
+    if not path.is_file():
+        raise SeriesError(f"{path}: not a regular file")
     suffix = path.suffix.lower()
-    if suffix == ".npz":
-        try:
-            with np.load(path, allow_pickle=False) as z:
-                if "x" not in z.files:
-                    raise SeriesError(f"{path}: no array 'x' (found: {', '.join(z.files)})")
-                x = np.asarray(z["x"])
-        except SeriesError:
-            raise
-        except Exception as exc:  # zipfile / pickle / format errors of a corrupt file
-            raise SeriesError(f"{path}: not a readable .npz file ({exc})") from None
-        if x.ndim == 1:
-            x = x[:, None]
-        if x.ndim != 2 or not np.issubdtype(x.dtype, np.number) or np.iscomplexobj(x):
-            raise SeriesError(f"{path}: 'x' must be a real array of shape (T, d), got "
-                              f"{x.dtype} {x.shape}")
-        x = x.astype(np.float64)
-    elif suffix in (".csv", ".txt"):
-        x = _read_csv(path)
-    else:
-        raise SeriesError(f"{path}: expected a .npz (array 'x') or .csv file")
+    try:
+        if suffix == ".npz":
+            x = _read_npz(path)
+        elif suffix in (".csv", ".txt"):
+            x = _read_csv(path)
+        else:
+            raise SeriesError(f"{path}: expected a .npz (array 'x') or .csv file")
+    except DatasetError as exc:  # the dataset readers' checks (they name the file)
+        raise SeriesError(str(exc)) from None
     if len(x) < 2 or x.shape[1] < 1:
         raise SeriesError(f"{path}: need at least 2 time steps and 1 variable, got {x.shape}")
     if not np.isfinite(x).all():
@@ -617,32 +723,68 @@ def load_series(path) -> np.ndarray:
     return x
 
 
+def _read_npz(path: Path) -> np.ndarray:
+    """Array ``x``: its header checked (real dtype, size, memory) before it is read, one
+    member of that name, values float64 holds (dataset.npz_arrays, dataset.as_float64)."""
+    x = npz_arrays(path, {"x": "fiu"}).get("x")
+    if x is None:
+        with zipfile.ZipFile(path) as zf:
+            found = ", ".join(n.removesuffix(".npy") for n in zf.namelist())
+        raise SeriesError(f"{path}: no array 'x' (found: {found[:200]})")
+    if x.ndim == 1:
+        x = x[:, None]
+    if x.ndim != 2:
+        raise SeriesError(f"{path}: 'x' must be a real array of shape (T, d), got "
+                          f"{x.dtype} {x.shape}")
+    return as_float64(x, f"{path}: 'x'")
+
+
+CSV_FACTOR = 64
+"""Bytes of Python objects and arrays per byte of CSV while it is read: 55 measured for
+one-digit cells (`0,1,2,3`, the densest), 9 for 17-digit floats (docs/tdtf.md)."""
+_NON_FINITE = re.compile(r"[-+]?(?:inf|infinity|nan)", re.IGNORECASE)
+
+
 def _read_csv(path: Path) -> np.ndarray:
+    """One row per time step, cells plain ASCII decimals (dataset.DECIMAL) with optional
+    spaces around them; the first row is a header when a cell of it is no number at all."""
+    check_memory(path, CSV_FACTOR * path.stat().st_size, "reading this CSV file", SeriesError)
     try:
-        with open(path, newline="") as fh:
-            rows = [r for r in csv.reader(fh) if r and any(c.strip() for c in r)]
+        with open(path, newline="", encoding="utf-8-sig") as fh:  # a BOM is not a cell
+            reader = csv.reader(fh, skipinitialspace=True)  # `1, "2"` as `1,"2"`
+            rows = [(reader.line_num, r) for r in reader if r and any(c.strip() for c in r)]
     except (OSError, UnicodeDecodeError, csv.Error) as exc:
         raise SeriesError(f"{path}: cannot read CSV ({exc})") from None
-    if rows and not all(_is_number(c) for c in rows[0]):
+    if rows and not all(_is_number(c) for c in rows[0][1]):
         rows = rows[1:]  # header
     if not rows:
         raise SeriesError(f"{path}: no data rows")
-    width = len(rows[0])
+    width = len(rows[0][1])
     values = []
-    for i, r in enumerate(rows):
+    for line, r in rows:
         if len(r) != width:
-            raise SeriesError(f"{path}: data row {i + 1} has {len(r)} columns, the first has "
-                              f"{width}")
-        try:
-            values.append([float(c) for c in r])
-        except ValueError:
-            bad = next(c for c in r if not _is_number(c))
-            raise SeriesError(f"{path}: data row {i + 1}: {bad.strip()!r} is not a number") \
-                from None
+            raise SeriesError(f"{path}: line {line} has {len(r)} columns, the first data row "
+                              f"has {width}")
+        values.append([_cell(path, line, k, c) for k, c in enumerate(r)])
     return np.asarray(values, dtype=np.float64)
 
 
+def _cell(path: Path, line: int, column: int, cell: str) -> float:
+    text = cell.strip(" \t")
+    try:
+        return decimal_float64(text)
+    except ValueError as exc:
+        if _NON_FINITE.fullmatch(text):
+            return float(text)  # refused with its time step after reading
+        why = "is not a number (plain ASCII decimal: digits, '.', 'e', a sign)" \
+            if str(exc) == "not a number" else f"is refused: {exc}"
+        raise SeriesError(f"{path}: line {line}, column {column + 1}: {text[:40]!r} {why}"
+                          ) from None
+
+
 def _is_number(cell: str) -> bool:
+    """Python reads it as a number (spaces, '1_0', '１' too): such a first row is data,
+    checked strictly, never dropped as a header."""
     try:
         float(cell)
     except ValueError:
