@@ -218,7 +218,7 @@ def test_unigram_initialisation_is_the_mean_pooled_bag_of_words(nb_smoothing):
 
 
 def test_lsa_directions_and_the_untrained_model_with_them():
-    torch = pytest.importorskip("torch")
+    pytest.importorskip("torch")
     rng = np.random.default_rng(3)
     encoded = [rng.integers(2, 25, rng.integers(2, 9)).tolist() for _ in range(120)]
     labels = np.array([int(sum(s) > 13 * len(s)) for s in encoded])
