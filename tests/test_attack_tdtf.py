@@ -249,9 +249,16 @@ def test_a_model_beyond_memory_is_refused_before_it_is_built(monkeypatch):
     monkeypatch.setattr(dataset, "available_memory", lambda: 10**9)
     with pytest.raises(T.SeriesError, match="a TD-TF of 1,000,"):
         T.TDTF.new(2, T.TDTFConfig(width=10**6, hidden=1, attn_dim=1, window=1))
-    with pytest.raises(T.SeriesError, match="training windows of K"):
+    with pytest.raises(T.SeriesError, match="training windows of K"):  # 7·10⁴ windows
         T.TDTF.fit(np.random.default_rng(0).normal(size=(10**5, 2)),
                    T.TDTFConfig(window=10**4, width=2, attn_dim=1, hidden=1))
+
+
+def test_a_forecast_beyond_memory_is_refused(tdtf_model, tmp_path):
+    """--steps 10¹³ was a MemoryError from numpy (146 TiB), exit 3."""
+    model, series = tdtf_model
+    result = cli("tdtf", "forecast", model, series, "--steps", 10**13, "-o", tmp_path / "f.csv")
+    one_line_error(result, 2, "a forecast of 10,000,000,000,000 steps in d = 2: about")
 
 
 def test_the_untouched_model_forecasts(tdtf_model, tmp_path):

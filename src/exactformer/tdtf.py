@@ -278,9 +278,9 @@ class TDTFConfig:
             raise SeriesError(f"seed must lie in [0, 2^63), got {self.seed}")
 
 
-WINDOW_COPIES = 3
-"""Float64 copies of every training window alive in :meth:`TDTF.fit` (the segments, their
-concatenation, the normalised copy): each time step appears in K + H windows."""
+FORECAST_BYTES = 128
+"""Bytes per forecast value: the rollout's float64 array and its copies, and, written as CSV,
+each value's text as a Python string (~80 B)."""
 PARAMETER_COPIES = 8
 """Float64 copies of the parameters alive while a TD-TF is built and trained (initial draw,
 parameters, gradients, Adam's two moments, the best epoch's snapshot, slack)."""
@@ -466,6 +466,8 @@ class TDTF:
         if history.shape[1] != self.d:
             raise SeriesError(f"the series has d = {history.shape[1]} variables, the model "
                               f"was trained on d = {self.d}")
+        check_memory(None, FORECAST_BYTES * int(steps) * self.d,
+                     f"a forecast of {int(steps):,} steps in d = {self.d}", SeriesError)
         return rollout(self, history[-self.K:], int(steps))
 
     def affine_map(self) -> tuple[np.ndarray, np.ndarray]:
@@ -507,10 +509,12 @@ class TDTF:
             cut = int(round(len(s) * (1 - cfg.val_fraction)))
             tr_parts.append(s[:cut])
             va_parts.append(s[cut:])
-        rows = sum(len(s) for s in xs)
-        check_memory(None, WINDOW_COPIES * 8 * rows * (K + H) * d,
-                     f"training windows of K + H = {K + H} states over {rows:,} time steps "
-                     f"in d = {d}", SeriesError)
+        windows = sum(max(0, len(s) - K - H + 1) for s in tr_parts + va_parts)
+        # 3 float64 copies of the windows (segments, concatenation, normalised) and the
+        # validation pass's tokens and keys: 1.3-1.6 x the peak measured (docs/tdtf.md)
+        check_memory(None, 8 * windows * (K + H) * (3 * d + cfg.width + cfg.attn_dim),
+                     f"{windows:,} training windows of K + H = {K + H} states in d = {d}",
+                     SeriesError)
         tr = [segments(s, K + H) for s in tr_parts]
         va = [segments(s, K + H) for s in va_parts]
         tr = np.concatenate(tr)
