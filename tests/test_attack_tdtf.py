@@ -126,8 +126,7 @@ def test_npz_values_float64_would_change(tmp_path, x, words):
 def tdtf_model(tmp_path_factory):
     """A small trained TD-TF (d = 2, K = 3) and a series for it."""
     tmp = tmp_path_factory.mktemp("tdtf")
-    series = tmp / "s.csv"
-    series.write_text(ROWS)
+    series = _csv(tmp)
     model = T.TDTF.fit(T.load_series(series),
                        T.TDTFConfig(window=3, width=4, attn_dim=2, hidden=4, epochs=1))
     model.save(tmp / "m.safetensors")
@@ -259,6 +258,22 @@ def test_a_forecast_beyond_memory_is_refused(tdtf_model, tmp_path):
     model, series = tdtf_model
     result = cli("tdtf", "forecast", model, series, "--steps", 10**13, "-o", tmp_path / "f.csv")
     one_line_error(result, 2, "a forecast of 10,000,000,000,000 steps in d = 2: about")
+
+
+def test_a_configuration_of_numpy_numbers_is_saved_and_read_back(tmp_path):
+    """TDTFConfig accepts numpy integers and floats; save wrote them with json.dumps, which
+    refused them (TypeError)."""
+    cfg = T.TDTFConfig(window=np.int64(3), width=4, attn_dim=2, hidden=4, epochs=1,
+                       lr=np.float64(0.003), lag_only_scores=np.bool_(True))
+    model = T.TDTF.fit(T.load_series(_csv(tmp_path)), cfg)
+    model.save(tmp_path / "m.safetensors")
+    again = T.TDTF.load(tmp_path / "m.safetensors")
+    assert again.cfg == cfg and type(again.cfg.window) is int
+
+
+def _csv(tmp_path):
+    (tmp_path / "s.csv").write_text(ROWS)
+    return tmp_path / "s.csv"
 
 
 def test_the_untouched_model_forecasts(tdtf_model, tmp_path):

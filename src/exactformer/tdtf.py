@@ -544,7 +544,9 @@ class TDTF:
 
         tensors = {k: v.detach().numpy().copy() for k, v in self.net.state_dict().items()}
         tensors.update(mu=self.mu.copy(), sigma=self.sigma.copy(), delta=self.delta.copy())
-        meta = {"format": FORMAT, "config": json.dumps(asdict(self.cfg)),
+        config = {k: v.item() if isinstance(v, np.generic) else v  # numpy scalars: JSON's
+                  for k, v in asdict(self.cfg).items()}
+        meta = {"format": FORMAT, "config": json.dumps(config),
                 "d": str(self.d), "info": json.dumps(self.info, default=str)}
         write_atomic(path, lambda tmp: save_file(tensors, tmp, metadata=meta))
 
