@@ -362,7 +362,7 @@ def figure_arrival(out: Path, runs, fits, s: Settings) -> None:
         f = fits[str(d)]["arrival_fit"]
         ax.plot(np.repeat(lb, T.shape[1]), T.ravel(), marker, alpha=0.6)
         ax.plot(lb, f["slope"] * lb + f["intercept"], "-",
-                label=f"d = {d}: t = {f['slope']:.2f}·log β + {f['intercept']:.2f}, "
+                label=f"d = {d}: t = {f['slope']:.2f}·log β {f['intercept']:+.2f}, "
                       f"R² = {f['r2']:.2f}")
     ax.set_xlabel("log β")
     ax.set_ylabel("first t with W2 ≤ 2 × plateau minimum")
