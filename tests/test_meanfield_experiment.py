@@ -186,3 +186,28 @@ def test_command_refuses_bad_output_directory(tmp_path):
                                    str(blocker / "sub")])
     assert res.exit_code == 2
     assert "Traceback" not in res.output
+
+
+@pytest.mark.slow
+def test_workers_change_nothing_but_the_wall_time(tmp_path):
+    from exactformer.experiments import meanfield
+
+    pytest.importorskip("ot")
+    s = meanfield.Settings(n=60, betas=(10.0, 100.0), seeds=(2, 3), n_times=8, terminal_n=60,
+                           terminal_t=10.0, terminal_seeds=2, big_n=200, big_subsample=50,
+                           big_subsamples=2)
+    one = meanfield.run(tmp_path / "one", settings=s, workers=1)
+    two = meanfield.run(tmp_path / "two", settings=s, workers=2)
+    assert json.dumps(one["fits"], sort_keys=True) == json.dumps(two["fits"], sort_keys=True)
+    assert [r["w2"] for r in one["runs"]] == [r["w2"] for r in two["runs"]]
+    assert one["big"]["w2_subsample_mean"] == two["big"]["w2_subsample_mean"]
+    with np.load(tmp_path / "one" / "trajectories.npz") as a, \
+            np.load(tmp_path / "two" / "trajectories.npz") as b:
+        assert sorted(a) == sorted(b) and all(np.array_equal(a[k], b[k]) for k in a)
+
+
+def test_command_refuses_zero_workers(tmp_path):
+    res = CliRunner().invoke(app, ["experiment", "meanfield", "--quick", "--workers", "0",
+                                   "--out", str(tmp_path / "o")])
+    assert res.exit_code == 2
+    assert "Traceback" not in res.output
