@@ -78,7 +78,7 @@ def compile(dataset: Dataset, attention: str = "hardmax", compact: bool = False,
     if not exact:
         check_float_separable(dataset, analysis)
         check_targets_separable(dataset)
-    e = scale_exponent(dataset)
+    e = scale_exponent(dataset, floats=not exact or attention == "softmax")
     work = rescaled_data(dataset, e) if e else dataset  # data beyond float64's range: refused
     if not exact:
         check_float_normal(dataset)  # after: its remedy, --exact, must apply
@@ -90,7 +90,7 @@ def compile(dataset: Dataset, attention: str = "hardmax", compact: bool = False,
         try:
             model = _build(work, analysis, attention, compact, exact, rng, progress)
             if e:
-                model = scaled_back(model, e)
+                model = scaled_back(model, e, fold=abs(np.log2(dataset.scale)) <= FOLD_EXPONENT)
             if exact:
                 check_weights_fit_float64(model)
         except (InternalError, CompileError) as exc:  # this draw failed: try another
@@ -132,17 +132,35 @@ SCALE_EXPONENT = 64
 """Data whose scale lies outside 2^±64 (≈ 1.8e±19) is compiled at scale ~1 (docs/limits.md)."""
 
 
-def scale_exponent(dataset: Dataset) -> int:
+INPUT_FLOOR = -400
+"""The inputs' scale at the working scale is kept above 2^this where the targets allow: scores
+are squares of coordinates, and below ~2^-500 they leave float64's normal range."""
+TARGET_CEILING = 600
+"""...and the targets' scale below 2^this: beyond (targets over 2^1000 × the inputs' scale) the
+weights would leave float64's range, and the data is left at its old exponent (refused there
+when distinct values underflow, docs/limits.md)."""
+
+
+def scale_exponent(dataset: Dataset, floats: bool = True) -> int:
     """``e`` such that the data / 2^e has scale ~1, or 0 when the scale is moderate.
 
     Scores are squares of coordinates, so data at 1e200 overflows float64 and data at 1e-200
     underflows; a dataset is a dataset at any scale. Division by a power of two is exact.
+    The inputs alone make scores: when dividing by the whole data's scale would put them
+    below 2^INPUT_FLOOR (inputs 1 beside targets 1e250 sat at 1e-250, and every float or
+    softmax compile failed with an internal error), e is lowered to keep them there, if the
+    targets / 2^e then stay below 2^TARGET_CEILING. ``floats``: the construction computes in
+    float64 somewhere (float mode, softmax); exact hardmax keeps its e.
     """
     e = int(np.round(np.log2(dataset.scale)))
+    e = e if abs(e) > SCALE_EXPONENT else 0
+    inputs = int(np.floor(np.log2(dataset.input_scale)))
+    lowered = inputs - INPUT_FLOOR
+    if floats and lowered < e and lowered >= np.log2(dataset.scale) - TARGET_CEILING:
+        e = lowered if abs(lowered) > SCALE_EXPONENT else 0
     # 2^e and 2^-e are both model weights (η of the first and last block): keep them finite
     # (data at the largest floats, 1.8e308, or at subnormal ones, ~1e-310)
-    e = min(max(e, -1023), 1023)
-    return e if abs(e) > SCALE_EXPONENT else 0
+    return min(max(e, -1023), 1023)
 
 
 def rescaled_data(dataset: Dataset, e: int) -> Dataset:
@@ -193,7 +211,7 @@ def check_weights_fit_float64(model: Transformer) -> None:
                     "values is too large; scale the data down or drop the outlier")
 
 
-def scaled_back(model: Transformer, e: int) -> Transformer:
+def scaled_back(model: Transformer, e: int, fold: bool = True) -> Transformer:
     """A model for data at scale 2^e from one built at scale 1: ``x ↦ 2^e·f(2^-e·x)``.
 
     The first block's translation gets η = 2^-e (it reads the data, then shifts it at scale
@@ -203,7 +221,8 @@ def scaled_back(model: Transformer, e: int) -> Transformer:
     computes bit for bit what was built at scale 1 (and the certificate checks it). When
     that cannot be guaranteed (scaled weights out of range, |e| near float64's limits, or no
     feed-forward-only last block) one block with an FF of width 0 and η = 2^e is appended
-    instead (docs/limits.md).
+    instead (docs/limits.md). ``fold=False`` (float mode): the data's scale lies beyond
+    2^±FOLD_EXPONENT, where the scaled values could leave the normal range.
     """
     from ..model import Block, FeedForward
 
@@ -221,7 +240,7 @@ def scaled_back(model: Transformer, e: int) -> Transformer:
         if exact:
             last.ff = FeedForward(ff.U, ff.b, ff.W * up, ff.eta * up)
             return model
-        if abs(e) <= FOLD_EXPONENT:
+        if fold and abs(e) <= FOLD_EXPONENT:
             W = np.ldexp(np.asarray(ff.W, dtype=np.float64), e)
             eta = float(np.ldexp(float(ff.eta), e))
             if (np.all(np.isfinite(W)) and np.isfinite(eta)
@@ -236,8 +255,8 @@ def scaled_back(model: Transformer, e: int) -> Transformer:
 
 
 FOLD_EXPONENT = 960
-"""Float mode folds 2^e into the last snap only for |e| ≤ this: values the run at scale 1
-keeps above 2^-62 (or below 2^63) relative then stay normal floats after scaling."""
+"""Float mode folds 2^e into the last snap only for |e| and |log2 scale| ≤ this: values kept
+above 2^-62 (or below 2^63) relative to the data's scale then stay normal floats."""
 
 
 def _build(dataset, analysis, attention, compact, exact, rng, progress) -> Transformer:
