@@ -36,3 +36,14 @@ def test_inputs_far_below_targets_compile(tmp_path, inputs, targets, attention, 
     assert ef.verify(loaded, ds).passed
     sm = sum(len(y) for y in ds.targets)
     assert loaded.n_blocks <= 2 * sm + ds.n_sequences + (1 if attention == "hardmax" else 2)
+
+
+@pytest.mark.parametrize("inputs, targets", [(1e20, 3e-300), (3e300, 1e-20)])
+@pytest.mark.parametrize("attention", ["hardmax", "softmax"])
+def test_exact_targets_that_lose_bits_at_scale_one_refused(inputs, targets, attention):
+    """Inputs 1e20 beside targets 3e-300 are divided by 2^67: the targets become subnormal and
+    lose bits, so the exact model reproduced the rounded targets and failed its own exact
+    verification in every draw (VerificationError, exit 1). Now refused, exit 2, by name."""
+    ds = _mixed_scales(inputs, targets)
+    with pytest.raises(ef.DatasetError, match="targets .* lose bits"):
+        ef.compile(ds, attention=attention, exact=True)

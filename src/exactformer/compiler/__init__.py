@@ -79,7 +79,7 @@ def compile(dataset: Dataset, attention: str = "hardmax", compact: bool = False,
         check_float_separable(dataset, analysis)
         check_targets_separable(dataset)
     e = scale_exponent(dataset, floats=not exact or attention == "softmax")
-    work = rescaled_data(dataset, e) if e else dataset  # data beyond float64's range: refused
+    work = rescaled_data(dataset, e, exact) if e else dataset  # beyond float64's range: refused
     if not exact:
         check_float_normal(dataset)  # after: its remedy, --exact, must apply
     if e:
@@ -163,26 +163,31 @@ def scale_exponent(dataset: Dataset, floats: bool = True) -> int:
     return min(max(e, -1023), 1023)
 
 
-def rescaled_data(dataset: Dataset, e: int) -> Dataset:
+def rescaled_data(dataset: Dataset, e: int, exact: bool = False) -> Dataset:
     """The dataset divided by 2^e (exact: a power of two), labels and codes kept.
 
     Exact unless the data spans more than float64's range: then the smallest values underflow
     at scale 1, and when that makes distinct inputs or targets equal, the dataset is refused
-    (a limit of float64, docs/limits.md) rather than compiled into another dataset.
+    (a limit of float64, docs/limits.md) rather than compiled into another dataset. ``exact``
+    (an exact model): a target that loses bits is refused — the model would reproduce the
+    rounded target, and its exact verification failed in every draw (exit 1).
     """
     inputs = [np.ldexp(x, -e) for x in dataset.inputs]
     targets = [np.ldexp(y, -e) for y in dataset.targets]
     for what, before, after in (("inputs", dataset.inputs, inputs),
                                 ("targets", dataset.targets, targets)):
         old, new = np.concatenate(before), np.concatenate(after)
+        merged = len(np.unique(new, axis=0)) < len(np.unique(old, axis=0))
         if not np.array_equal(np.ldexp(new, e), old) and (
-                len(np.unique(new, axis=0)) < len(np.unique(old, axis=0))):
+                merged or exact and what == "targets"):
             tiny = np.abs(old[old != 0]).min()
+            lost = (f"distinct {what} (down to {tiny:.3g}) underflow to equal values" if merged
+                    else f"{what} (down to {tiny:.3g}) lose bits (subnormal), which an exact "
+                    "model cannot reproduce")
             raise DatasetError(
                 f"the data spans more than float64's range: compiled at scale 1 (divided by "
-                f"2^{e}, its largest absolute value {dataset.scale:.3g}), distinct {what} "
-                f"(down to {tiny:.3g}) underflow to equal values; give inputs and targets "
-                "scales within ~1e300 of each other (docs/limits.md)")
+                f"2^{e}, its largest absolute value {dataset.scale:.3g}), {lost}; give inputs "
+                "and targets scales within ~1e300 of each other (docs/limits.md)")
     return Dataset(inputs, targets,
                    labels=dataset.labels, codes=dataset.codes, classes=dataset.classes)
 
