@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 
 import exactformer as ef
 from exactformer.model import Transformer
+from test_hostile import cli
 
 
 def _mixed_scales(inputs: float, targets: float) -> ef.Dataset:
@@ -47,3 +50,38 @@ def test_exact_targets_that_lose_bits_at_scale_one_refused(inputs, targets, atte
     ds = _mixed_scales(inputs, targets)
     with pytest.raises(ef.DatasetError, match="targets .* lose bits"):
         ef.compile(ds, attention=attention, exact=True)
+
+
+def _classes(inputs: float, codes: float | None) -> ef.Dataset:
+    rng = np.random.default_rng(0)
+    xs = [rng.normal(size=(3, 2)) * inputs for _ in range(6)]
+    code_rows = None if codes is None else rng.normal(size=(3, 2)) * codes
+    return ef.Dataset(xs, [np.zeros((0, 2)) for _ in xs], labels=np.array([0, 1, 2, 0, 1, 2]),
+                      codes=code_rows)
+
+
+def test_classification_accuracy_with_huge_codes():
+    """Codes ~1e200: verify took norms of read-out − code, whose squares overflow to inf, so
+    every sequence was 'nearest' code 0 and a model with every output on its code (max rel
+    error 3e-16) failed at 33 % accuracy in every draw (VerificationError, exit 1)."""
+    ds = _classes(1e100, 1e200)
+    model = ef.compile(ds)
+    assert model.report.accuracy == 1.0 and ef.verify(model, ds).passed
+
+
+def test_exact_softmax_classification_reports_its_classes(tmp_path):
+    """The ball certificate (exact softmax) reported no accuracy, so `verify --json` said
+    classification false, n_classes null for a classification model."""
+
+
+    ds = _classes(1.0, None)
+    model = ef.compile(ds, attention="softmax", exact=True)
+    assert model.report.accuracy == 1.0
+    path, data = tmp_path / "m.safetensors", tmp_path / "d.json"
+    model.save(path)
+    data.write_text(json.dumps({"inputs": [x.tolist() for x in ds.inputs],
+                                "labels": ds.labels.tolist()}))
+    result = cli("verify", path, data, "--json")
+    doc = json.loads(result.stdout)
+    assert result.exit_code == 0 and doc["arithmetic"] == "ball arithmetic"
+    assert doc["classification"] is True and doc["n_classes"] == 3 and doc["accuracy"] == 1.0

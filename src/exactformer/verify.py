@@ -108,7 +108,7 @@ def verify(model: Transformer, dataset: Dataset, exact: bool | None = None,
         from .errors import DatasetError
 
         raise DatasetError(f"the model works on d = {model.d} but the data has d = {dataset.d}")
-    from .classification import resolve_targets
+    from .classification import nearest_code, resolve_targets
 
     labels_only = dataset.labels is not None and not any(len(y) for y in dataset.targets)
     if labels_only and dataset.codes is None and model.info.get("codes") is None:
@@ -143,10 +143,10 @@ def verify(model: Transformer, dataset: Dataset, exact: bool | None = None,
     leaks = [(s["block"], s["leak"]) for s in stats if "leak" in s]
     worst = int(np.argmax(observed)) if len(observed) else 0
     accuracy = None
-    if dataset.labels is not None:
+    if dataset.labels is not None:  # distances / scale: codes of 1e200 do not overflow
         codes = nm.to_float(np.asarray(dataset.codes))
         first = np.stack([nm.to_float(o[0]).reshape(-1) for o in outputs])
-        pred = np.argmin(np.linalg.norm(first[:, None] - codes[None], axis=2), axis=1)
+        pred = nearest_code(first, codes)[0]
         accuracy = float(np.mean(pred == np.asarray(dataset.labels)))
     certified = None
     method = "exact rational" if exact else "float64"
@@ -346,7 +346,10 @@ def _ball_certified(model: Transformer, dataset: Dataset) -> Report:
     N = dataset.n_sequences
     ok = np.full(N, cert.passed)
     err = 0.0 if cert.passed else float("inf")
-    return Report(N, True, err, err, 0, ok, ok.copy(), float("nan"), tol=0.0,
+    # classification: a proof puts every read-out on its (distinct) class code; a failed
+    # certificate stops at the first failure, so the accuracy is unknown
+    accuracy = 1.0 if cert.passed and dataset.labels is not None else None
+    return Report(N, True, err, err, 0, ok, ok.copy(), float("nan"), tol=0.0, accuracy=accuracy,
                   certificate=cert.message, certified=cert.passed, method="ball arithmetic",
                   delta=np.full(N, err), outputs=cert.outputs, scale=dataset.scale,
                   n_failed_tokens=0 if cert.passed else None)

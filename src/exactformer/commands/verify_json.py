@@ -53,7 +53,7 @@ def document(report, model, dataset, model_path, data_path, seconds: dict) -> di
 
     # labels become their class codes, one read-out each, as verify() judged them
     dataset = resolve_targets(dataset, model.info.get("codes"), model.info.get("classes"))
-    classification = report.accuracy is not None and dataset.codes is not None
+    classification = dataset.labels is not None and dataset.codes is not None
     kept = report.failures
     return {
         "schema": SCHEMA,
