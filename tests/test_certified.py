@@ -289,3 +289,15 @@ def test_softmax_ball_certificate_on_random_data_and_swapped_targets(seed, N, d)
     swapped = [targets[1], targets[0], *targets[2:]]
     cert = certify(model, data.inputs, swapped)
     assert not cert.passed and "sequence" in cert.message
+
+
+def test_compact_layers_with_many_plateaus_certify():
+    """Compact point moves put a token on the plateaus of several trapezoids (steep units,
+    W ~ 1e7, cancelling): the rounding of a wide layer is counted over a row's nonzero
+    terms, not over all of the layer's units (γ_w with w ~ 4000 made the enclosure too
+    wide to decide the collapse: N = 300, m = 4 did not certify in any of 4 draws)."""
+    rng = np.random.default_rng(0)
+    X = rng.standard_normal((300, 100, 16))
+    Y = rng.standard_normal((300, 4, 16))
+    model = ef.compile(ef.Dataset.from_sequences(list(X), list(Y)), compact=True)
+    assert model.report.passed and model.report.certified

@@ -560,7 +560,6 @@ def _ff_interval(ff, cols, cu, x, R, xi, A, RA):
     und = ~(on | off)
     y = ff.eta * x + h @ W.T  # the layer's formula (η = 1, all off: x + 0 = x exactly)
     C = len(cols)
-    w = ff.width
     # S_c = Σ W_u over the on-units of column c, per row: sparse (a row has few on-units
     # in a layer reading many directions), grouped by (row, column)
     ri, ui = np.nonzero(on)
@@ -570,11 +569,17 @@ def _ff_interval(ff, cols, cu, x, R, xi, A, RA):
     starts = np.flatnonzero(np.r_[True, key[1:] != key[:-1]]) if len(key) else key
     Wp = W.T[ui]  # (pairs, d)
     S = np.add.reduceat(Wp, starts, axis=0) if len(key) else np.zeros((0, W.shape[0]))
-    eS = gamma(w) * (np.add.reduceat(np.abs(Wp), starts, axis=0) if len(key) else S)
+    # rounding counts only the nonzero terms of a sum (adding an exact 0 is exact): the
+    # units of a group, and a row's units with h ≠ 0 — a few out of the thousands of a
+    # compact layer, whose γ_w made the radius ~1e3× too wide to decide a collapse
+    n_terms = np.diff(np.r_[starts, len(key)]) if len(key) else np.zeros(0, dtype=np.int64)
+    eS = gamma(n_terms)[:, None] * (np.add.reduceat(np.abs(Wp), starts, axis=0)
+                                    if len(key) else S)
     g_row, g_col = ri[starts], cu[ui[starts]]
     absS = np.abs(S) + eS
     hW = h @ absW.T
-    Rn = (abs(eta) * R + (rp * und) @ absW.T + gamma(w + 2) * (abs(eta) * np.abs(x) + hW)
+    k = np.count_nonzero(h, axis=1)[:, None]
+    Rn = (abs(eta) * R + (rp * und) @ absW.T + gamma(k + 2) * (abs(eta) * np.abs(x) + hW)
           + U * hW)
     if len(g_row):
         np.add.at(Rn, g_row, absS * (rtR + et)[g_row, g_col][:, None])
@@ -582,13 +587,14 @@ def _ff_interval(ff, cols, cu, x, R, xi, A, RA):
     An = RAn = None
     if xi is not None:
         An = eta * A
-        RAn = abs(eta) * RA + gamma(C + 2) * abs(eta) * np.abs(A)
+        g2 = gamma(np.bincount(g_row, minlength=len(x)) + 2)  # eta·A plus a row's groups
+        RAn = abs(eta) * RA + g2[:, None] * abs(eta) * np.abs(A)
         if len(g_row):
             tAg = tA[g_row, g_col][:, None]
             np.add.at(An, g_row, S * tAg)
             spread = (RA @ absc.T + gamma(x.shape[1]) * (np.abs(A) @ absc.T))[g_row, g_col]
             np.add.at(RAn, g_row, absS * spread[:, None] + eS * np.abs(tAg)
-                      + gamma(C + 2) * np.abs(S * tAg))
+                      + g2[g_row][:, None] * np.abs(S * tAg))
         RAn = RAn * SAFE
     touched = ~off.all(axis=1) if eta == 1 else np.ones(len(x), dtype=bool)
     if eta == 1 and not touched.all():  # rows with every unit off: exactly unchanged
