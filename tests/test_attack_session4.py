@@ -85,3 +85,16 @@ def test_exact_softmax_classification_reports_its_classes(tmp_path):
     doc = json.loads(result.stdout)
     assert result.exit_code == 0 and doc["arithmetic"] == "ball arithmetic"
     assert doc["classification"] is True and doc["n_classes"] == 3 and doc["accuracy"] == 1.0
+
+
+def test_certificate_survives_a_last_snap_scaled_by_a_large_power_of_two():
+    """Inputs ~1 beside targets ~1e200: the last snap is scaled back by 2^401, and the
+    certificate multiplied the line part's direction A (~1e199, beside |ξ| ≤ 1e-135) by it:
+    inf, so a correct model (max rel error 2e-16) was 'not certified' in every draw (exit 1).
+    The line part is rebalanced by powers of two first."""
+    rng = np.random.default_rng(0)
+    xs = [rng.normal(size=(3, 2)) for _ in range(6)]
+    codes = rng.normal(size=(3, 2)) * 1e200
+    ds = ef.Dataset.from_sequences(xs, [codes[[k % 3]] for k in range(6)])
+    model = ef.compile(ds)
+    assert model.info["rescaled_by"] == "2^401" and model.report.certified

@@ -263,6 +263,25 @@ class Interval(Float):
             return touched | self._ff_units(ff, cols, cu, rows, rest)
         return self._ff_units(ff, cols, cu, rows, np.ones(len(rows), dtype=bool))
 
+    def _rebalance(self, rows: np.ndarray) -> None:
+        """Write the line part ξ·a of ``rows`` as (ξ·2^k)·(a/2^k), k per row bringing max|A|
+        to ~1. Exact (powers of two) where every entry stays a normal float, else the row is
+        left as it is. A layer with a large η (the last snap scaled back by 2^e, docs/limits.md)
+        multiplies A: a long A (~1e199 beside ξ ~1e-135) overflowed to inf and the
+        certificate failed for a correct model (inputs 1 beside targets 1e200)."""
+        A, RA, xi = self.A[rows], self.RA[rows], self.xi[rows]
+        big = np.abs(A).max(axis=1, initial=0.0)
+        k = np.where(big > 1, np.frexp(big)[1], 0)
+        As, RAs, xis = np.ldexp(A, -k[:, None]), np.ldexp(RA, -k[:, None]), np.ldexp(xi, k)
+        tiny = np.finfo(np.float64).tiny
+        normal = (np.all((A == 0) | (np.abs(As) >= tiny), axis=1)
+                  & np.all((RA == 0) | (RAs >= tiny), axis=1)
+                  & np.isfinite(xis) & ((xi == 0) | (xis >= tiny)))
+        ok = np.flatnonzero(normal & (k > 0))
+        if len(ok):
+            at = np.asarray(rows)[ok]
+            self.A[at], self.RA[at], self.xi[at] = As[ok], RAs[ok], xis[ok]
+
     def _one_direction(self, ff, c, rows):
         """An η = 1 layer whose units all read one direction c (snaps, point moves).
 
@@ -342,6 +361,8 @@ class Interval(Float):
         for s in range(0, len(rows), step):
             r = rows[s:s + step]
             line = self.xi is not None
+            if line and abs(float(ff.eta)) > 1:
+                self._rebalance(r)
             out = _ff_interval(ff, cols, cu, self.X[r], self.R[r],
                                self.xi[r] if line else None, self.A[r] if line else None,
                                self.RA[r] if line else None)
