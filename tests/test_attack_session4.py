@@ -98,3 +98,28 @@ def test_certificate_survives_a_last_snap_scaled_by_a_large_power_of_two():
     ds = ef.Dataset.from_sequences(xs, [codes[[k % 3]] for k in range(6)])
     model = ef.compile(ds)
     assert model.info["rescaled_by"] == "2^401" and model.report.certified
+
+
+def test_line_part_rebalancing_keeps_the_set_exactly():
+    """ξ·a with |ξ| ≤ xi, a ∈ A ± RA is rewritten as (ξ·2^k)·(a/2^k): the products xi·A and
+    xi·RA stay bit for bit, rows with max|A| ≤ 1 or entries that would turn subnormal are
+    untouched."""
+    from exactformer.arithmetic import Interval
+
+    rng = np.random.default_rng(1)
+    iv = Interval()
+    iv.begin(np.zeros((5, 3)))
+    A = rng.normal(size=(5, 3)) * np.array([[1e199], [1e-3], [1e300], [5.0], [1e250]])
+    A[4, 0] = 1e-100  # /2^831 would be subnormal: row left as it is
+    RA = np.abs(A) * 1e-10
+    xi = np.array([1e-135, 0.5, 1e-300, 0.0, 1e-200])
+    iv.A, iv.RA, iv.xi = A.copy(), RA.copy(), xi.copy()
+    iv._rebalance(np.arange(5))
+    assert np.all(np.abs(iv.A[[0, 2, 3]]).max(axis=1) <= 1)
+    np.testing.assert_array_equal(iv.A[[1, 4]], A[[1, 4]])
+    np.testing.assert_array_equal(iv.xi[[1, 4]], xi[[1, 4]])
+    for r in range(5):
+        k = np.frexp(np.abs(A[r]).max())[1] if r in (0, 2, 3) else 0
+        np.testing.assert_array_equal(np.ldexp(iv.A[r], k), A[r])
+        np.testing.assert_array_equal(np.ldexp(iv.RA[r], k), RA[r])
+        assert np.ldexp(iv.xi[r], -k) == xi[r]

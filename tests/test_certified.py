@@ -150,7 +150,9 @@ def models_and_data(draw):
             b = -(t[tok, np.arange(w)] + near * scale * rng.standard_normal(w))
             steep = 10.0 ** draw(st.integers(0, 6))
             W = rng.standard_normal((d, w)) * steep
-            eta = 0.0 if kind == "line" else float(draw(st.sampled_from([1.0, 1.0, 0.5])))
+            # 2^40: a layer scaled back by a power of two (the line part is rebalanced there)
+            etas = [1.0, 1.0, 0.5, 2.0 ** 40]
+            eta = 0.0 if kind == "line" else float(draw(st.sampled_from(etas)))
             ff = FeedForward(U, b, W, eta)
             blocks.append(Block(ff, None))
             X = ff(X)
