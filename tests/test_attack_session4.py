@@ -123,3 +123,22 @@ def test_line_part_rebalancing_keeps_the_set_exactly():
         np.testing.assert_array_equal(np.ldexp(iv.A[r], k), A[r])
         np.testing.assert_array_equal(np.ldexp(iv.RA[r], k), RA[r])
         assert np.ldexp(iv.xi[r], -k) == xi[r]
+
+
+@pytest.mark.parametrize("inputs, targets, flags", [
+    (1e-20, 3e300, ()), (1.0, 5e307, ("--compact",)), (3e-300, 1e20, ("--attention", "softmax")),
+    (3e-300, 1e20, ("--attention", "softmax", "--exact")),
+])
+def test_targets_beyond_2_1000_times_the_inputs_refused(tmp_path, inputs, targets, flags):
+    """Targets more than 2^1000 × the inputs' scale: every draw failed, exit 1 ('not
+    certified', δ inf) or 3 ('softmax: no temperature put every token within ε'). Now one
+    line, exit 2, before any work (float mode and softmax; exact hardmax computes no float)."""
+    from test_hostile import one_line_error
+
+    ds = _mixed_scales(inputs, targets)
+    data = tmp_path / "d.json"
+    data.write_text(json.dumps({"inputs": [x.tolist() for x in ds.inputs],
+                                "outputs": [y.tolist() for y in ds.targets]}))
+    result = cli("compile", data, "-o", tmp_path / "m.safetensors", *flags)
+    one_line_error(result, 2, "times the inputs' scale")
+    assert not (tmp_path / "m.safetensors").exists()

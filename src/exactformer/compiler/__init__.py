@@ -78,7 +78,10 @@ def compile(dataset: Dataset, attention: str = "hardmax", compact: bool = False,
     if not exact:
         check_float_separable(dataset, analysis)
         check_targets_separable(dataset)
-    e = scale_exponent(dataset, floats=not exact or attention == "softmax")
+    floats = not exact or attention == "softmax"  # the construction computes in float64
+    if floats:
+        check_scale_ratio(dataset)
+    e = scale_exponent(dataset, floats=floats)
     work = rescaled_data(dataset, e, exact) if e else dataset  # beyond float64's range: refused
     if not exact:
         check_float_normal(dataset)  # after: its remedy, --exact, must apply
@@ -139,6 +142,27 @@ TARGET_CEILING = 600
 """...and the targets' scale below 2^this: beyond (targets over 2^1000 × the inputs' scale) the
 weights would leave float64's range, and the data is left at its old exponent (refused there
 when distinct values underflow, docs/limits.md)."""
+
+
+SCALE_RATIO = 1000
+"""Targets more than 2^this times the inputs' scale are refused where the construction
+computes in float64 (docs/limits.md)."""
+
+
+def check_scale_ratio(dataset: Dataset) -> None:
+    """Refuse targets more than 2^SCALE_RATIO (~1e301) times the inputs' scale.
+
+    The layers that carry the inputs to the targets amplify by that ratio: beyond it their
+    weights or the scores leave float64's range, and such data (inputs 1e-20 beside targets
+    3e300, inputs 1 beside targets 5e307) failed in every draw, exit 1 or 3.
+    """
+    ratio = np.log2(dataset.scale) - np.log2(dataset.input_scale)
+    if ratio > SCALE_RATIO:
+        raise DatasetError(
+            f"the targets' scale ({dataset.scale:.3g}) is more than 2^{SCALE_RATIO} (~1e301) "
+            f"times the inputs' scale ({dataset.input_scale:.3g}): the weights that carry "
+            "inputs to targets would leave float64's range; scale the targets down or the "
+            "inputs up (docs/limits.md)")
 
 
 def scale_exponent(dataset: Dataset, floats: bool = True) -> int:
