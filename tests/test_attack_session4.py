@@ -142,3 +142,15 @@ def test_targets_beyond_2_1000_times_the_inputs_refused(tmp_path, inputs, target
     result = cli("compile", data, "-o", tmp_path / "m.safetensors", *flags)
     one_line_error(result, 2, "times the inputs' scale")
     assert not (tmp_path / "m.safetensors").exists()
+
+
+def test_verify_json_with_a_value_still_prints_the_error_object(tmp_path):
+    """`verify … --json=1`: the parser's error ("does not take a value") has no context, so
+    stdout stayed empty although JSON was asked for (docs/verification.md: an error object
+    also for option errors)."""
+    from test_hostile import one_line_error
+
+    result = cli("verify", tmp_path / "m.safetensors", tmp_path / "d.json", "--json=1")
+    one_line_error(result, 2, "does not take a value")
+    doc = json.loads(result.stdout)
+    assert doc["verdict"] == "error" and doc["exit_code"] == 2

@@ -41,7 +41,9 @@ class _OneLineErrors(TyperGroup):
             where = f"{exc.ctx.command_path}: " if exc.ctx is not None else ""
             err_console.print(f"error: {where}{exc.format_message()}", highlight=False,
                               markup=False, soft_wrap=True)
-            if exc.ctx is not None and _wants_json(exc.ctx.command, args):
+            # the parser's errors ("--json=1": takes no value) come without a context
+            command = exc.ctx.command if exc.ctx is not None else self._named(args)
+            if command is not None and _wants_json(command, args):
                 _print_json_error(f"{where}{exc.format_message()}", 2)
             sys.exit(2)
         except click_errors.ClickException as exc:
@@ -52,6 +54,12 @@ class _OneLineErrors(TyperGroup):
             err_console.print("aborted")
             sys.exit(130)
         sys.exit(rv if isinstance(rv, int) else 0)
+
+
+    def _named(self, args):
+        """The subcommand named first on the command line, if any."""
+        argv = sys.argv[1:] if args is None else list(args)
+        return next((self.commands[a] for a in argv if a in self.commands), None)
 
 
 class _Command(TyperCommand):
@@ -158,7 +166,8 @@ _json_errors = {"on": False}  # a command running with --json: errors also as JS
 def _wants_json(command, args) -> bool:
     """A usage error of a command that has ``--json``, given on its command line."""
     argv = sys.argv[1:] if args is None else list(args)
-    return "--json" in argv and any(p.name == "json_output" for p in command.params)
+    asked = any(a == "--json" or a.startswith("--json=") for a in argv)
+    return asked and any(p.name == "json_output" for p in command.params)
 
 
 def _print_json_error(message: str, code: int) -> None:
