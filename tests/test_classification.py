@@ -88,3 +88,13 @@ def test_labels_through_the_cli(tmp_path):
 def test_with_codes_needs_labels():
     with pytest.raises(DatasetError, match="no labels"):
         with_codes(ef.Dataset.from_sequences([np.ones((2, 2))], [np.zeros((1, 2))]))
+
+
+def test_unknown_label_message_cuts_long_class_names():
+    """A 5000-character class name made a 5000-character error line."""
+    from exactformer.classification import class_index
+
+    names = np.array(["x" * 5000, "b"])
+    with pytest.raises(DatasetError) as err:
+        class_index(np.array(["y" * 3000]), names)
+    assert len(str(err.value)) < 200 and "sequence 0" in str(err.value)

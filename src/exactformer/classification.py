@@ -23,6 +23,12 @@ def default_codes(n_classes: int, d: int) -> np.ndarray:
     return codes
 
 
+def _short(name, limit: int = 40) -> str:
+    """A class name for a message: its repr, cut to ``limit`` characters."""
+    text = repr(name)
+    return text if len(text) <= limit else text[:limit - 1] + "…"
+
+
 def class_index(labels: np.ndarray, names: np.ndarray) -> np.ndarray:
     """Position of every label in ``names`` (vectorised); a label not in ``names`` is an error."""
     names = np.asarray(names)
@@ -37,8 +43,9 @@ def class_index(labels: np.ndarray, names: np.ndarray) -> np.ndarray:
     bad = np.flatnonzero(names[idx] != labels)
     if len(bad):
         j = int(bad[0])
-        shown = ", ".join(repr(n) for n in names[:8].tolist()) + (", …" if len(names) > 8 else "")
-        raise DatasetError(f"sequence {j}: label {labels[j].item()!r} is not one of the "
+        shown = ", ".join(_short(n) for n in names[:8].tolist()) + (", …" if len(names) > 8
+                                                                      else "")
+        raise DatasetError(f"sequence {j}: label {_short(labels[j].item())} is not one of the "
                            f"{len(names)} classes ({shown})")
     return idx
 
