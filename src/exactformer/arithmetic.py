@@ -29,7 +29,11 @@ plus ``TINY`` (underflow). A ReLU unit whose pre-activation enclosure is > 0 is 
 *off* (then it contributes exactly 0, as in the float pass), else *undecided*: relu is
 1-Lipschitz, so it contributes its pre-activation's radius times |W|. On-units reading the
 same direction c are summed first (``S_c = Σ W_u``): a trapezoid's plateau or a snap has
-``S_c`` ≈ 0 or ``−w/|w|²``, so the steep ramps do not amplify the radius.
+``S_c`` ≈ 0 or ``−w/|w|²``, so the steep ramps do not amplify the radius. In an η = 1 layer
+the on-units of a (token, direction) pair whose units are all decided are a prefix in
+threshold order, and the pair adds exactly ``S_p·t + B_p`` (prefix sums of W and W·b in
+double-double): a token on the plateaus of steep trapezoids (compact point moves, weights
+~1e7 that cancel) then carries neither their rounding in its value nor in its radius.
 
 Hardmax: a token's argmax set is *decided* when its top score beats every other by more
 than twice the score radius; otherwise all candidates within the radius are kept and their
@@ -254,8 +258,11 @@ class Interval(Float):
     def _ff_on(self, ff, rows: np.ndarray) -> np.ndarray:
         """Apply ``ff`` to ``rows`` (mid and enclosure); returns which rows may have changed."""
         cols, cu = _distinct_columns(ff)
-        if len(cols) == 1 and float(ff.eta) == 1:
-            touched, mixed = self._one_direction(ff, cols[0], rows)
+        if float(ff.eta) == 1 and len(cols):
+            if len(cols) == 1:
+                touched, mixed = self._one_direction(ff, cols[0], rows)
+            else:
+                touched, mixed = self._by_columns(ff, cols, cu, rows)
             if not len(mixed):
                 return touched
             rest = np.zeros(len(rows), dtype=bool)
@@ -293,7 +300,7 @@ class Interval(Float):
         carries the rounding of the large terms. Returns (touched rows, rows with an
         undecided unit: those take the unit-by-unit formula).
         """
-        tab = _prefix_table(ff, c)
+        tab = _prefix_table(ff)
         x, R = self.X[rows], self.R[rows]
         d = x.shape[1]
         ac = np.abs(c)
@@ -349,6 +356,92 @@ class Interval(Float):
                               + eS * np.abs(tAg)[:, None]
                               + gamma(2) * (np.abs(Ag) + np.abs(SA))) * SAFE
         touched[mixed] = False
+        return touched, mixed
+
+    def _by_columns(self, ff, cols, cu, rows):
+        """An η = 1 layer reading many directions (compact point moves), column by column.
+
+        :meth:`_one_direction` per column: for a (row, column) pair whose units are all
+        decided, the on-units of the column are a prefix p in its threshold order, so their
+        sum is exactly ``S_p·t + B_p`` (double-double prefix sums, :class:`_PrefixTable`).
+        A trapezoid's plateau has S_p ≈ 0: its steep weights (|W| up to ~1e7) cancel before
+        rounding, where the unit-by-unit formula charged γ·Σ|h||W| to the radius. A row
+        whose pairs are all decided is ``x + Σ_pairs (S_p·t + B_p)``; rows with an undecided
+        pair are returned (second value) for the unit-by-unit formula, as in
+        :meth:`_one_direction`. Returns (touched rows, rows with an undecided unit).
+        """
+        tab = _prefix_table(ff, cu)
+        d = self.X.shape[1]
+        C = len(cols)
+        absc = np.abs(cols)
+        touched = np.zeros(len(rows), dtype=bool)
+        mixed = []
+        line = self.xi is not None
+        step = max(1, (1 << 20) // (C * max(d, 4)))
+        for s0 in range(0, len(rows), step):
+            rr = rows[s0:s0 + step]
+            x, R = self.X[rr], self.R[rr]
+            t = x @ cols.T
+            et = gamma(d) * (np.abs(x) @ absc.T)  # rounding of t (any summation order)
+            spread = R @ absc.T
+            spread += et  # |⟨c, X + e⟩ − t| ≤ R·|c| + et: the box part of t's error
+            rt = spread
+            if line:
+                A, RA, xi = self.A[rr], self.RA[rr], self.xi[rr]
+                tA = A @ cols.T
+                spreadA = RA @ absc.T + gamma(d) * (np.abs(A) @ absc.T)  # |⟨c, a⟩ − tA|
+                rt = spread + xi[:, None] * (np.abs(tA) + spreadA)  # + |ξ⟨c, a⟩|
+            slack = (rt + U * np.abs(t)) * SAFE + TINY
+            # pairs that may have an on-unit (t + slack above the column's lowest key_off);
+            # every other pair of these rows is proven off: it adds exactly 0
+            ri, ci = np.nonzero(t + slack > tab.first_off)
+            if not len(ri):
+                continue
+            tp, sp = t[ri, ci], slack[ri, ci]
+            p_on = tab.count_below(tab.key_on, ci, tp - sp)  # units proven on: a prefix
+            p_off = tab.count_below(tab.key_off, ci, tp + sp)  # units not proven off
+            bad = np.zeros(len(rr), dtype=bool)
+            bad[ri[p_on != p_off]] = True
+            mixed.append(s0 + np.flatnonzero(bad))
+            ok = ~bad[ri]
+            ri, ci, tp = ri[ok], ci[ok], tp[ok]
+            if not len(ri):
+                continue
+            j = tab.pstart[ci] + p_on[ok]
+            S, eS, B, eB = tab.S[j], tab.eS[j], tab.B[j], tab.eB[j]
+            first = np.flatnonzero(np.r_[True, ri[1:] != ri[:-1]])  # ri is sorted
+            g = ri[first]
+            k = np.diff(np.r_[first, len(ri)])  # pairs per row
+            St = S * tp[:, None]
+            v = St + B
+            y = x[g] + np.add.reduceat(v, first, axis=0)
+            # rounding: each pair's S·t (1) + B (1), k − 1 additions over the row's pairs in
+            # any order, then + x (1): every term passes ≤ k + 2 roundings (γ_{k+2}); then
+            # the prefix sums' own error (eS, eB) and what t's error does through
+            # S_p + σ, |σ| ≤ eS: (S + σ)(t + τ) − S·t = S·τ + σ·t + σ·τ
+            np.abs(St, out=St)
+            St += np.abs(B)
+            St *= gamma(k + 2)[np.repeat(np.arange(len(k)), k)][:, None]
+            absS = np.abs(S) + eS
+            St += eB
+            St += eS * np.abs(tp)[:, None]
+            St += absS * spread[ri, ci][:, None]
+            Rn = R[g] + gamma(k + 2)[:, None] * np.abs(x[g]) + np.add.reduceat(St, first, axis=0)
+            r = rr[g]
+            self.X[r], self.R[r] = y, Rn * SAFE + TINY
+            touched[s0 + g] = True
+            if line:
+                # the line part through the same affine map: a ↦ a + Σ (S_p + σ)·⟨c, a⟩,
+                # ⟨c, a⟩ = tA + τA with |τA| ≤ spreadA; rounding γ_{k+2} as above
+                tAp = tA[ri, ci]
+                SA = S * tAp[:, None]
+                Ag = A[g]
+                self.A[r] = Ag + np.add.reduceat(SA, first, axis=0)
+                eA = (absS * spreadA[ri, ci][:, None] + eS * np.abs(tAp)[:, None]
+                      + gamma(k + 2)[np.repeat(np.arange(len(k)), k)][:, None] * np.abs(SA))
+                self.RA[r] = (RA[g] + gamma(k + 2)[:, None] * np.abs(Ag)
+                              + np.add.reduceat(eA, first, axis=0)) * SAFE
+        mixed = np.concatenate(mixed) if mixed else np.zeros(0, dtype=np.int64)
         return touched, mixed
 
     def _ff_units(self, ff, cols, cu, rows: np.ndarray, which: np.ndarray) -> np.ndarray:
@@ -628,31 +721,58 @@ def _ff_interval(ff, cols, cu, x, R, xi, A, RA):
 
 
 class _PrefixTable:
-    """Per layer reading one direction: units in threshold order and prefix sums of W, W·b."""
+    """Per η = 1 layer: each column's units (``cu``: the column of every unit) in threshold
+    order, with prefix sums of W and W·b in double-double (:func:`_dd_prefix`).
 
-    def __init__(self, ff, c):
+    Unit keys are flat, column by column (column c's units at ``ustart[c]:ustart[c+1]``);
+    column c's prefix sums (0, 1, …, all of its units) at ``pstart[c] + p``.
+    """
+
+    def __init__(self, ff, cu):
         theta = -np.asarray(ff.b, dtype=np.float64)
-        order = np.argsort(theta, kind="stable")
+        cu = np.asarray(cu, dtype=np.int64)
+        order = np.lexsort((theta, cu))  # by column, then threshold (stable)
         th = theta[order]
         # unit u (in order) is on when t − slack > θ_u(1 + u), off when t + slack ≤ θ_u(1 − u)
         self.key_on = th + U * np.abs(th) * 2
         self.key_off = th - U * np.abs(th) * 2
+        C = int(cu.max(initial=-1)) + 1
+        self.ustart = np.searchsorted(cu[order], np.arange(C + 1))
+        self.pstart = self.ustart[:-1] + np.arange(C)
+        self.first_off = self.key_off[np.minimum(self.ustart[:-1], max(len(th) - 1, 0))]
+        self.longest = int(np.diff(self.ustart).max(initial=0))
         Wt = np.ascontiguousarray(ff.W.T[order])  # (w, d)
         bt = np.asarray(ff.b, dtype=np.float64)[order][:, None]
-        self.S, self.eS = _dd_prefix(Wt, np.zeros_like(Wt), np.abs(Wt))
+        self.S, self.eS = _dd_prefix(Wt, np.zeros_like(Wt), np.abs(Wt), self.ustart)
         hi, lo = _two_product(Wt, np.broadcast_to(bt, Wt.shape))
-        self.B, self.eB = _dd_prefix(hi, lo, np.abs(Wt) * np.abs(bt))
+        self.B, self.eB = _dd_prefix(hi, lo, np.abs(Wt) * np.abs(bt), self.ustart)
+
+    def count_below(self, keys: np.ndarray, col: np.ndarray, v: np.ndarray) -> np.ndarray:
+        """Per pair: how many of column ``col``'s keys are < ``v`` (a binary search each)."""
+        lo, hi = self.ustart[col], self.ustart[col + 1]
+        base = lo
+        last = len(keys) - 1
+        for _ in range(self.longest.bit_length()):
+            live = lo < hi
+            mid = (lo + hi) >> 1
+            right = live & (keys[np.minimum(mid, last)] < v)
+            lo = np.where(right, mid + 1, lo)
+            hi = np.where(live & ~right, mid, hi)
+        return lo - base
 
 
-def _prefix_table(ff, c) -> _PrefixTable:
+def _prefix_table(ff, cu=None) -> _PrefixTable:
+    """The layer's :class:`_PrefixTable` (cached); ``cu`` None: every unit in one column."""
     tab = getattr(ff, "_prefix", None)
-    if tab is None or tab[0] is not ff.W or tab[1] is not ff.b:
-        tab = (ff.W, ff.b, _PrefixTable(ff, c))
+    if tab is None or tab[0] is not ff.W or tab[1] is not ff.b or tab[2] is not ff.U:
+        if cu is None:
+            cu = np.zeros(len(ff.b), dtype=np.int64)
+        tab = (ff.W, ff.b, ff.U, _PrefixTable(ff, cu))
         try:
             ff._prefix = tab
         except AttributeError:
             pass
-    return tab[2]
+    return tab[3]
 
 
 def _two_product(a: np.ndarray, b: np.ndarray):
@@ -667,29 +787,42 @@ def _two_product(a: np.ndarray, b: np.ndarray):
     return hi, lo
 
 
-def _dd_prefix(hi: np.ndarray, lo: np.ndarray, size: np.ndarray):
-    """Prefix sums (0, x₀, x₀+x₁, …) of the exact values hi + lo, rounded to float64.
+def _dd_prefix(hi: np.ndarray, lo: np.ndarray, size: np.ndarray, starts: np.ndarray):
+    """Per segment ``starts[c]:starts[c+1]`` of rows: prefix sums (0, x₀, x₀+x₁, …) of the
+    exact values hi + lo, rounded to float64 (segment c's at ``starts[c] + c + p``).
 
     Returns (sums, bound on |exact − sum|): double-double accumulation (TwoSum) loses at
     most ~4u²·Σ|x| (bounded here by 8u²·Σ size + 2u²·Σ|x|), then one rounding u·|sum|.
+    All segments advance together, longest first (the live ones are a leading slice).
     """
     k, d = hi.shape
-    out = np.zeros((k + 1, d))
-    err = np.zeros((k + 1, d))
-    s_hi = np.zeros(d)
-    s_lo = np.zeros(d)
-    acc = np.zeros(d)
-    for i in range(k):
-        a = hi[i]
-        s = s_hi + a
-        bb = s - s_hi
-        e = (s_hi - (s - bb)) + (a - bb)  # TwoSum: s_hi + a = s + e exactly
-        s_lo = s_lo + (e + lo[i])
-        s_hi = s + s_lo  # renormalise
-        s_lo = s_lo - (s_hi - s)
-        acc = acc + size[i] + np.abs(hi[i])
-        out[i + 1] = s_hi + s_lo
-        err[i + 1] = U * np.abs(out[i + 1]) + 16 * U * U * acc
+    C = len(starts) - 1
+    lens = np.diff(starts)
+    by_len = np.argsort(-lens, kind="stable")
+    src0 = starts[:-1][by_len]
+    dst0 = (starts[:-1] + np.arange(C))[by_len]
+    live = np.searchsorted(-lens[by_len], -np.arange(int(lens.max(initial=0))), side="left")
+    out = np.zeros((k + C, d))
+    err = np.zeros((k + C, d))
+    s_hi = np.zeros((C, d))
+    s_lo = np.zeros((C, d))
+    acc = np.zeros((C, d))
+    for i, n in enumerate(live):  # n segments have more than i rows
+        src = src0[:n] + i
+        a = hi[src]
+        sh = s_hi[:n]
+        s = sh + a
+        bb = s - sh
+        e = (sh - (s - bb)) + (a - bb)  # TwoSum: s_hi + a = s + e exactly
+        sl = s_lo[:n] + (e + lo[src])
+        sh = s + sl  # renormalise
+        s_lo[:n] = sl - (sh - s)
+        s_hi[:n] = sh
+        acc[:n] += size[src] + np.abs(a)
+        o = sh + s_lo[:n]
+        dst = dst0[:n] + i + 1
+        out[dst] = o
+        err[dst] = U * np.abs(o) + 16 * U * U * acc[:n]
     return out, err * SAFE + TINY
 
 
