@@ -52,6 +52,14 @@ def test_exact_targets_that_lose_bits_at_scale_one_refused(inputs, targets, atte
         ef.compile(ds, attention=attention, exact=True)
 
 
+def test_exact_inputs_that_lose_bits_at_scale_one_refused():
+    """Inputs 1e-20 beside targets 3e300 are divided by 2^999: the inputs become subnormal
+    and lose bits, the exact hardmax model was built for the rounded inputs and failed its
+    exact verification in every draw (exit 1, max abs error 4.7e300). Now exit 2, by name."""
+    with pytest.raises(ef.DatasetError, match="inputs .* lose bits"):
+        ef.compile(_mixed_scales(1e-20, 3e300), exact=True)
+
+
 def _classes(inputs: float, codes: float | None) -> ef.Dataset:
     rng = np.random.default_rng(0)
     xs = [rng.normal(size=(3, 2)) * inputs for _ in range(6)]

@@ -193,8 +193,9 @@ def rescaled_data(dataset: Dataset, e: int, exact: bool = False) -> Dataset:
     Exact unless the data spans more than float64's range: then the smallest values underflow
     at scale 1, and when that makes distinct inputs or targets equal, the dataset is refused
     (a limit of float64, docs/limits.md) rather than compiled into another dataset. ``exact``
-    (an exact model): a target that loses bits is refused — the model would reproduce the
-    rounded target, and its exact verification failed in every draw (exit 1).
+    (an exact model): an input or target that loses bits is refused — the model would be
+    built for the rounded values, and its exact verification failed in every draw (exit 1;
+    targets 3e-300 beside inputs 1e20, inputs 1e-20 beside targets 3e300).
     """
     inputs = [np.ldexp(x, -e) for x in dataset.inputs]
     targets = [np.ldexp(y, -e) for y in dataset.targets]
@@ -203,7 +204,7 @@ def rescaled_data(dataset: Dataset, e: int, exact: bool = False) -> Dataset:
         old, new = np.concatenate(before), np.concatenate(after)
         merged = len(np.unique(new, axis=0)) < len(np.unique(old, axis=0))
         if not np.array_equal(np.ldexp(new, e), old) and (
-                merged or exact and what == "targets"):
+                merged or exact):
             tiny = np.abs(old[old != 0]).min()
             lost = (f"distinct {what} (down to {tiny:.3g}) underflow to equal values" if merged
                     else f"{what} (down to {tiny:.3g}) lose bits (subnormal), which an exact "
