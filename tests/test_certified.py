@@ -473,3 +473,13 @@ def test_compact_n1000_m4_certifies():
     Y = rng.standard_normal((1000, 4, 16))
     model = ef.compile(ef.Dataset.from_sequences(list(X), list(Y)), compact=True)
     assert model.report.passed and model.report.certified
+
+
+def test_exp_upper_bound_of_huge_arguments_is_infinite():
+    """exp(z) for z·16 beyond 2^63: the int64 cast wrapped to INT64_MIN and the 'upper bound'
+    was 5e-324 (a warning in the enclosure property test); it must be inf."""
+    from exactformer.arithmetic import _exp_upper
+
+    z = np.array([1e18, 1e300, 800.0, -1e300, 0.0])
+    up = _exp_upper(z)
+    assert np.isinf(up[:3]).all() and 0 < up[3] <= 1e-300 and up[4] >= 1.0

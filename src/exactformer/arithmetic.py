@@ -836,7 +836,9 @@ def _exp_upper(z: np.ndarray) -> np.ndarray:
     out[np.isposinf(z)] = np.inf
     if not fin.any():
         return out
-    k = np.ceil(z[fin] * EXP_GRID).astype(np.int64)
+    # clipped first: beyond ±800 the bound is inf / 5e-324 anyway, and a cast of z·16 above
+    # 2^63 gives INT64_MIN (a bound of 5e-324 for exp of a huge z: unsound)
+    k = np.ceil(np.clip(z[fin], -800.0, 800.0) * EXP_GRID).astype(np.int64)
     keys, inv = np.unique(k, return_inverse=True)
     vals = np.array([_exp_grid(int(key)) for key in keys])
     out[fin] = vals[inv.reshape(-1)]
