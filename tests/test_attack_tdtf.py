@@ -281,3 +281,10 @@ def test_the_untouched_model_forecasts(tdtf_model, tmp_path):
     result = _forecast_with(tmp_path, model, series)
     assert result.exit_code == 0, result.stderr
     assert T.load_series(tmp_path / "f.csv").shape == (3, 2)
+
+
+def test_swapped_forecast_arguments_are_named(tdtf_model, tmp_path):
+    """`tdtf forecast SERIES MODEL` said 'header too large' (the CSV read as safetensors)."""
+    model, series = tdtf_model
+    result = cli("tdtf", "forecast", series, model, "--steps", 2, "-o", tmp_path / "f.csv")
+    one_line_error(result, 2, "arguments swapped?")

@@ -576,7 +576,8 @@ def _from_json(path: Path, require_targets: bool = True) -> Dataset:
     if not isinstance(data, dict) or "inputs" not in data or (
         "outputs" not in data and "labels" not in data and require_targets
     ):
-        raise DatasetError(f"{path}: expected an object with keys 'inputs' and 'outputs'")
+        raise DatasetError(f"{path}: expected an object with keys 'inputs' and 'outputs' "
+                           "(or 'labels', for classification)")
     xs = _json_sequences(data, "inputs", "input", path)
     if "outputs" in data:
         ys = _json_sequences(data, "outputs", "target", path)

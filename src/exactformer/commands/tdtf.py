@@ -107,6 +107,9 @@ def forecast_cmd(
     if steps < 1:
         fail(f"--steps must be at least 1, got {steps}")
     output_file(out, "-o", (".npz", ".csv"), inputs=[data, model_path])
+    if model_path.suffix.lower() in (".csv", ".npz") and data.suffix.lower() == ".safetensors":
+        fail(f"{model_path}: is a series, not a model file (arguments swapped? the model "
+             f"comes first: MODEL SERIES = {data} {model_path})")
     model = TDTF.load(model_path)
     x = load_series(data)
     pred = model.forecast(x, steps)
