@@ -213,7 +213,7 @@ def test_model_file_round_trip(tmp_path):
     (tmp_path / "junk.safetensors").write_bytes(b"not a model")
     with pytest.raises(T.SeriesError, match="not a readable"):
         T.TDTF.load(tmp_path / "junk.safetensors")
-    with pytest.raises(T.SeriesError, match="no such model"):
+    with pytest.raises(T.SeriesError, match="no such file"):
         T.TDTF.load(tmp_path / "missing.safetensors")
     with pytest.raises(T.SeriesError, match="d = 3"):
         model.forecast(np.zeros((10, 3)), 2)

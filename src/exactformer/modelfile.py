@@ -142,9 +142,9 @@ def _json(text: str):
     return json.loads(text, object_pairs_hook=json_object)
 
 
-def load(path) -> Transformer:
-    """Read and check a model file; every problem is one :class:`ModelFileError` line."""
-    path = Path(path)
+def read_safetensors(path: Path) -> tuple[dict, dict]:
+    """Metadata and tensors of a regular safetensors file whose header names nothing twice
+    (exactformer's and the TD-TF model reader); every problem is a :class:`ModelFileError`."""
     from safetensors import SafetensorError, safe_open
 
     if not path.exists():
@@ -158,6 +158,13 @@ def load(path) -> Transformer:
             tensors = {k: fh.get_tensor(k) for k in fh.keys()}
     except (SafetensorError, OSError, ValueError, TypeError) as exc:
         raise ModelFileError(f"{path}: not a readable .safetensors file ({exc})") from None
+    return meta, tensors
+
+
+def load(path) -> Transformer:
+    """Read and check a model file; every problem is one :class:`ModelFileError` line."""
+    path = Path(path)
+    meta, tensors = read_safetensors(path)
     if meta.get("format") != FORMAT:
         raise ModelFileError(
             f"{path}: unknown format {meta.get('format')!r} (expected {FORMAT!r})"

@@ -561,21 +561,9 @@ class TDTF:
 
     @classmethod
     def _load(cls, path: Path) -> TDTF:
-        from safetensors import SafetensorError, safe_open
+        from .modelfile import checked_tensor, plain_metadata, read_safetensors
 
-        from .modelfile import check_header, checked_tensor, plain_metadata
-
-        if not path.exists():
-            raise SeriesError(f"{path}: no such model file")
-        if not path.is_file():  # a FIFO would block the reader forever
-            raise SeriesError(f"{path}: not a regular file")
-        check_header(path)  # a tensor or metadata key named twice
-        try:
-            with safe_open(str(path), framework="numpy") as fh:
-                meta = fh.metadata() or {}
-                tensors = {k: fh.get_tensor(k) for k in fh.keys()}
-        except (SafetensorError, OSError, ValueError, TypeError) as exc:
-            raise SeriesError(f"{path}: not a readable .safetensors file ({exc})") from None
+        meta, tensors = read_safetensors(path)  # ModelFileError: a SeriesError in load()
         if meta.get("format") != FORMAT:
             raise SeriesError(f"{path}: not a TD-TF model (format {meta.get('format')!r}, "
                               f"expected {FORMAT!r})")
