@@ -14,7 +14,7 @@ import threading
 import numpy as np
 import pytest
 
-from test_hostile import cli, one_line_error
+from test_hostile import cli, one_line_error, rewritten_model
 
 
 def _inputs(seed: int = 0):
@@ -35,18 +35,7 @@ def small(tmp_path):
 
 def _edit_metadata(path, out, **changes):
     """A copy of the model file with metadata keys replaced (None: removed)."""
-    from safetensors import safe_open
-    from safetensors.numpy import save_file
-
-    with safe_open(str(path), framework="numpy") as fh:
-        meta, tensors = fh.metadata(), {k: fh.get_tensor(k) for k in fh.keys()}
-    for key, value in changes.items():
-        if value is None:
-            meta.pop(key, None)
-        else:
-            meta[key] = value
-    save_file(tensors, str(out), metadata=meta)
-    return out
+    return rewritten_model(path, out, meta=changes)
 
 
 @pytest.mark.parametrize("command", ["info", "verify", "run"])

@@ -17,7 +17,7 @@ torch = pytest.importorskip("torch")
 
 from exactformer import tdtf as T  # noqa: E402
 from test_attack_readers import _header_only_npz, _with_header_text  # noqa: E402
-from test_hostile import cli, one_line_error  # noqa: E402
+from test_hostile import cli, one_line_error, rewritten_model  # noqa: E402
 
 ROWS = "\n".join(f"{np.sin(t / 3):.6f},{np.cos(t / 5):.6f}" for t in range(60)) + "\n"
 
@@ -133,24 +133,6 @@ def tdtf_model(tmp_path_factory):
     return tmp / "m.safetensors", series
 
 
-def _rewritten(src, out, meta=None, tensors=None):
-    """A copy of the model file with metadata keys and tensors replaced (None: dropped)."""
-    from safetensors import safe_open
-    from safetensors.numpy import save_file
-
-    with safe_open(str(src), framework="numpy") as fh:
-        old_meta = dict(fh.metadata())
-        old = {k: fh.get_tensor(k) for k in fh.keys()}
-    for target, changes in ((old_meta, meta or {}), (old, tensors or {})):
-        for k, v in changes.items():
-            if v is None:
-                target.pop(k)
-            else:
-                target[k] = v
-    save_file(old, str(out), metadata=old_meta)
-    return out
-
-
 def _config_with(model, **changes) -> str:
     from safetensors import safe_open
 
@@ -169,7 +151,7 @@ def _config_with(model, **changes) -> str:
 ])
 def test_model_metadata_d_is_plain_and_matches_the_tensors(tdtf_model, tmp_path, d, words):
     model, series = tdtf_model
-    bad = _rewritten(model, tmp_path / "b.safetensors", meta={"d": d})
+    bad = rewritten_model(model, tmp_path / "b.safetensors", meta={"d": d})
     one_line_error(_forecast_with(tmp_path, bad, series), 2, words)
 
 
@@ -177,7 +159,7 @@ def test_model_config_with_a_duplicate_key(tdtf_model, tmp_path):
     """Python's json kept the last 'activation' silently: a gelu model loaded as linear."""
     model, series = tdtf_model
     config = _config_with(model)
-    bad = _rewritten(model, tmp_path / "b.safetensors",
+    bad = rewritten_model(model, tmp_path / "b.safetensors",
                      meta={"config": config[:-1] + ', "activation": "linear"}'})
     one_line_error(_forecast_with(tmp_path, bad, series), 2, 'duplicate key "activation"')
 
@@ -212,7 +194,7 @@ def test_model_header_with_a_duplicate_key(tdtf_model, tmp_path):
 ])
 def test_hostile_model_config(tdtf_model, tmp_path, changes, words):
     model, series = tdtf_model
-    bad = _rewritten(model, tmp_path / "b.safetensors",
+    bad = rewritten_model(model, tmp_path / "b.safetensors",
                      meta={"config": _config_with(model, **changes)})
     one_line_error(_forecast_with(tmp_path, bad, series), 2, words)
 
@@ -224,7 +206,7 @@ def test_hostile_model_config(tdtf_model, tmp_path, changes, words):
 ])
 def test_model_config_that_is_no_configuration(tdtf_model, tmp_path, config, words):
     model, series = tdtf_model
-    bad = _rewritten(model, tmp_path / "b.safetensors", meta={"config": config})
+    bad = rewritten_model(model, tmp_path / "b.safetensors", meta={"config": config})
     one_line_error(_forecast_with(tmp_path, bad, series), 2, words)
 
 
@@ -238,7 +220,7 @@ def test_model_config_that_is_no_configuration(tdtf_model, tmp_path, config, wor
 ])
 def test_hostile_model_tensors(tdtf_model, tmp_path, tensors, words):
     model, series = tdtf_model
-    bad = _rewritten(model, tmp_path / "b.safetensors", tensors=tensors)
+    bad = rewritten_model(model, tmp_path / "b.safetensors", tensors=tensors)
     one_line_error(_forecast_with(tmp_path, bad, series), 2, words)
 
 

@@ -322,18 +322,32 @@ def _classifier(tmp_path):
     return data, out
 
 
-def _with_info(path, tmp_path, **changes):
+def rewritten_model(src, out, meta=None, tensors=None):
+    """A copy of a safetensors model file with metadata keys and tensors replaced (None:
+    dropped): the tampered files of the hostile tests."""
     from safetensors import safe_open
     from safetensors.numpy import save_file
 
+    with safe_open(str(src), framework="numpy") as fh:
+        old_meta = dict(fh.metadata())
+        old = {k: fh.get_tensor(k) for k in fh.keys()}
+    for target, changes in ((old_meta, meta or {}), (old, tensors or {})):
+        for k, v in changes.items():
+            if v is None:
+                target.pop(k)
+            else:
+                target[k] = v
+    save_file(old, str(out), metadata=old_meta)
+    return out
+
+
+def _with_info(path, tmp_path, **changes):
+    from safetensors import safe_open
+
     with safe_open(str(path), framework="numpy") as fh:
-        meta, tensors = fh.metadata(), {k: fh.get_tensor(k) for k in fh.keys()}
-    info = json.loads(meta["info"])
+        info = json.loads(fh.metadata()["info"])
     info.update(changes)
-    meta["info"] = json.dumps(info)
-    bad = tmp_path / "bad.safetensors"
-    save_file(tensors, str(bad), metadata=meta)
-    return bad
+    return rewritten_model(path, tmp_path / "bad.safetensors", meta={"info": json.dumps(info)})
 
 
 def test_predict_names_and_hostile_codes(tmp_path):
