@@ -249,7 +249,7 @@ def scaled_back(model: Transformer, e: int, fold: bool = True) -> Transformer:
     2^e, so ``2^e·(η·x + W·r)`` is computed as ``(2^e·η)·x + (2^e·W)·r``. Powers of two
     commute with float rounding while no value leaves float64's normal range, so the model
     computes bit for bit what was built at scale 1 (and the certificate checks it). When
-    that cannot be guaranteed (scaled weights out of range, |e| near float64's limits, or no
+    that cannot be guaranteed (scaled weights out of range, ``fold=False``, or no
     feed-forward-only last block) one block with an FF of width 0 and η = 2^e is appended
     instead (docs/limits.md). ``fold=False`` (float mode): the data's scale lies beyond
     2^±FOLD_EXPONENT, where the scaled values could leave the normal range.
@@ -270,7 +270,7 @@ def scaled_back(model: Transformer, e: int, fold: bool = True) -> Transformer:
         if exact:
             last.ff = FeedForward(ff.U, ff.b, ff.W * up, ff.eta * up)
             return model
-        if fold and abs(e) <= FOLD_EXPONENT:
+        if fold:
             W = np.ldexp(np.asarray(ff.W, dtype=np.float64), e)
             eta = float(np.ldexp(float(ff.eta), e))
             if (np.all(np.isfinite(W)) and np.isfinite(eta)
