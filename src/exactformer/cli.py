@@ -258,6 +258,17 @@ class np_quiet:
         return False
 
 
+def refuse_swapped(model: Path, data: Path | None, data_suffixes: tuple[str, ...],
+                   what: str, data_name: str) -> None:
+    """A ``what`` file (by its suffix) given as MODEL is refused by name; when DATA is then a
+    .safetensors file, the line says the arguments look swapped."""
+    if model.suffix.lower() in data_suffixes and (data is None or
+                                                  data.suffix.lower() == ".safetensors"):
+        order = (f" (arguments swapped? the model comes first: MODEL {data_name} = {data} "
+                 f"{model})" if data else "")
+        fail(f"{model}: is a {what}, not a model file{order}")
+
+
 def output_file(out: Path, option: str, suffixes: tuple[str, ...], inputs=()) -> Path:
     """Check an output file path before any work: nothing else is ever written or replaced.
 

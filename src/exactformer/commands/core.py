@@ -20,6 +20,7 @@ from ..cli import (
     output_directory,
     output_file,
     printable,
+    refuse_swapped,
     user_errors,
 )
 from ..dataset import Dataset, load_dataset, save_dataset
@@ -41,11 +42,7 @@ def _load_model(path: Path, data: Path | None = None):
     """Read MODEL; a dataset given in its place (swapped arguments) is named as such."""
     from ..model import Transformer
 
-    if path.suffix.lower() in DATA_SUFFIXES and (data is None or data.suffix.lower() in
-                                                 MODEL_SUFFIXES):
-        order = (f" (arguments swapped? the model comes first: MODEL DATA = {data} {path})"
-                 if data else "")
-        fail(f"{path}: is a dataset, not a model file{order}")
+    refuse_swapped(path, data, DATA_SUFFIXES, "dataset", "DATA")
     return Transformer.load(path)
 
 

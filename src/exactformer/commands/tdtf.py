@@ -20,6 +20,7 @@ from ..cli import (
     fail,
     output_directory,
     output_file,
+    refuse_swapped,
     user_errors,
 )
 from .training import _require_torch  # one line and exit 2 without PyTorch
@@ -107,9 +108,7 @@ def forecast_cmd(
     if steps < 1:
         fail(f"--steps must be at least 1, got {steps}")
     output_file(out, "-o", (".npz", ".csv"), inputs=[data, model_path])
-    if model_path.suffix.lower() in (".csv", ".npz") and data.suffix.lower() == ".safetensors":
-        fail(f"{model_path}: is a series, not a model file (arguments swapped? the model "
-             f"comes first: MODEL SERIES = {data} {model_path})")
+    refuse_swapped(model_path, data, (".csv", ".npz"), "series", "SERIES")
     model = TDTF.load(model_path)
     x = load_series(data)
     pred = model.forecast(x, steps)
